@@ -1,0 +1,5 @@
+"""``python -m edgecam`` runs the CLI."""
+
+from edgecam.cli import main
+
+raise SystemExit(main())
