@@ -12,9 +12,7 @@ import cv2
 import numpy as np
 
 # (4, 2) x,y in a 112x112 crop: left eye, right eye, nose, mouth centre (ArcFace template).
-TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [56.1396, 92.2848]], np.float32
-)
+TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [56.1396, 92.2848]], np.float32)
 
 
 def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -100,7 +100,8 @@ def load_manifest(name_or_path: str | Path, check_sha: bool = True) -> Manifest:
     if check_sha:
         digest = sha256_file(m.onnx_path)
         if digest != data["sha256"]:
-            raise ModelError(f"{m.onnx_path}: sha256 {digest[:12]}… does not match model.json ({str(data['sha256'])[:12]}…)")
+            want = str(data["sha256"])[:12]
+            raise ModelError(f"{m.onnx_path}: sha256 {digest[:12]}… does not match model.json ({want}…)")
     return m
 
 
