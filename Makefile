@@ -1,0 +1,46 @@
+# edgecam: `make demo` replays the bundled clip through the whole pipeline; `make test` runs the tests.
+# Both set themselves up on a fresh machine: a virtual environment in .venv with edgecam installed
+# editable (and, for the tests, mosquitto from apt when it is missing and we are root).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgecam-installed
+CLIP := edgecam/data/corridor.mp4
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup mosquitto lint clean
+
+demo: setup
+	$(BIN)/edgecam replay $(CLIP) --speed max
+
+test: setup mosquitto
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing mosquitto (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+	else \
+		echo "mosquitto is not installed: run 'sudo apt-get install -y mosquitto' (the MQTT tests start their own broker)" >&2; \
+		exit 1; \
+	fi
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(STAMP)

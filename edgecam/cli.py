@@ -1,0 +1,298 @@
+"""The ``edgecam`` command line: detect, enroll, identify, replay, run, check-config, bench.
+
+Exit codes: 0 ok, 2 bad usage / config / input (one line per problem on stderr, naming the thing that is wrong),
+1 anything else. Commands import their stage modules lazily so ``edgecam --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgecam import EdgecamError, __version__
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIP = Path(__file__).parent / "data" / "corridor.mp4"
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@\s]+)@", re.I)
+
+
+class MaskCredentials(logging.Filter):
+    """Log filter that replaces the password of ``scheme://user:password@host`` URLs with ``***``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr at ``level`` with URL credentials masked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(MaskCredentials())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _read_image(path: str) -> Any:
+    """A BGR image from ``path``; EdgecamError naming the file when it is missing or not an image."""
+    from edgecam.sources import read_image
+
+    return read_image(Path(path))
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Run the face detector on images and print one result per image."""
+    images = [(p, _read_image(p)) for p in args.images]
+    from edgecam.detect import FaceDetector
+
+    det = FaceDetector(args.model, score_threshold=args.threshold, threads=args.threads)
+    try:
+        for path, bgr in images:
+            boxes, landmarks = det(bgr)
+            faces = [
+                {"box": [round(float(v), 1) for v in b[:4]], "score": round(float(b[4]), 4),
+                 "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in lm]}
+                for b, lm in zip(boxes, landmarks, strict=True)
+            ]
+            _emit(args.json, {"image": path, "faces": faces}, _faces_text)
+    finally:
+        det.close()
+    return 0
+
+
+def _make_recognizer(args: argparse.Namespace, gallery: Path | None) -> Any:
+    from edgecam.recognize import make_recognizer
+
+    return make_recognizer(args.recognizer_type, args.recognizer, gallery=gallery, threads=args.threads)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Enroll ``DIR/<person>/*.jpg`` into a gallery file; exit 2 when nothing could be enrolled."""
+    from edgecam.detect import FaceDetector
+    from edgecam.recognize import enroll_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise EdgecamError(f"{folder}: not a folder (want DIR/<person>/*.jpg)")
+    det = FaceDetector(args.detector, threads=args.threads)
+    rec = _make_recognizer(args, None)
+    try:
+        results = enroll_folder(det, rec, folder, Path(args.gallery))
+    finally:
+        rec.close()
+        det.close()
+    for path, ok, reason in results:
+        print(f"{'ok  ' if ok else 'skip'} {path}{'' if ok else ': ' + reason}")
+    enrolled = sum(ok for _, ok, _ in results)
+    print(f"enrolled {enrolled} of {len(results)} images into {args.gallery}")
+    return 0 if enrolled else 2
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Detect and name the faces in images against an enrolled gallery."""
+    gallery = Path(args.gallery)
+    if not gallery.exists():
+        raise EdgecamError(f"{gallery}: gallery not found (create it with 'edgecam enroll')")
+    images = [(p, _read_image(p)) for p in args.images]
+    from edgecam.detect import FaceDetector
+    from edgecam.recognize import identify_image
+
+    det = FaceDetector(args.detector, threads=args.threads)
+    rec = _make_recognizer(args, gallery)
+    try:
+        for path, bgr in images:
+            _emit(args.json, {"image": path, "faces": identify_image(det, rec, bgr)}, _faces_text)
+    finally:
+        rec.close()
+        det.close()
+    return 0
+
+
+def _faces_text(result: dict[str, Any]) -> str:
+    lines = [f"{result['image']}: {len(result['faces'])} face(s)"]
+    for f in result["faces"]:
+        who = f" {f['name']}" if "name" in f else ""
+        lines.append(f"  box={f['box']} score={f['score']:.3f}{who}")
+    return "\n".join(lines)
+
+
+def _emit(as_json: bool, result: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:
+    print(json.dumps(result) if as_json else text(result), flush=True)
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from edgecam.config import apply_overrides, load_config
+
+    cfg = load_config(Path(args.config)) if args.config else load_config(None)
+    return apply_overrides(cfg, mqtt_url=args.mqtt, camera=args.camera)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a video file through the daemon pipeline; events to --events, MQTT, or stdout."""
+    from edgecam.app import replay
+
+    cfg = _load_config(args)
+    events = Path(args.events) if args.events else None
+    stats = replay(cfg, Path(args.video), speed=args.speed, events_path=events)
+    logger.info("replay done: %s", stats)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the camera daemon until SIGTERM / SIGINT."""
+    from edgecam.app import run_daemon
+
+    return run_daemon(_load_config(args))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file; print every problem, exit 2 when there is one."""
+    from edgecam.config import load_config
+
+    load_config(Path(args.file))
+    print(f"{args.file}: ok")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure the pipeline and its stages on this machine."""
+    from edgecam.bench import print_table, run_bench
+
+    cfg = _load_config(args)
+    result = run_bench(cfg, Path(args.video), frames=args.frames, threads=args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def _add_runtime_options(p: argparse.ArgumentParser, config_required: bool) -> None:
+    p.add_argument("--config", required=config_required, help="YAML config file (default: built-in defaults)")
+    p.add_argument("--mqtt", metavar="URL", help="broker mqtt://[user@]host:port or mqtts://..., overrides the "
+                   "config; password from EDGECAM_MQTT_PASSWORD (default: config's mqtt section)")
+    p.add_argument("--camera", metavar="NAME", help="camera name in topics and events (default: config's, 'camera')")
+
+
+def _add_model_options(p: argparse.ArgumentParser, recognizer: bool) -> None:
+    p.add_argument("--detector", default="face_detector", help="detector model name or folder (default: %(default)s)")
+    if recognizer:
+        p.add_argument("--recognizer", default="face_recognizer",
+                       help="recognizer model name or folder (default: %(default)s)")
+        p.add_argument("--recognizer-type", default="identity", choices=["identity", "classifier"],
+                       help="recognizer kind (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with every subcommand of DESIGN.md."""
+    parser = argparse.ArgumentParser(prog="edgecam", description="Selective-attention face events for cameras.")
+    parser.add_argument("--version", action="version", version=f"edgecam {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log level on stderr (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("detect", help="detect faces in images")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="one JSON line per image (default: text)")
+    p.add_argument("--model", default="face_detector", help="detector model name or folder (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default: %(default)s)")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("enroll", help="enroll DIR/<person>/*.jpg into a gallery")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--gallery", required=True, help="gallery file to write")
+    _add_model_options(p, recognizer=True)
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("identify", help="name the faces in images against a gallery")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--gallery", required=True, help="gallery file written by 'edgecam enroll'")
+    p.add_argument("--json", action="store_true", help="one JSON line per image (default: text)")
+    _add_model_options(p, recognizer=True)
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("replay", help="replay a video file through the whole pipeline")
+    p.add_argument("video", metavar="VIDEO")
+    p.add_argument("--speed", choices=["max", "realtime"], default="max", help="pace (default: %(default)s)")
+    p.add_argument("--events", metavar="OUT.jsonl", help="also write events as JSON lines to this file")
+    _add_runtime_options(p, config_required=False)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("run", help="run the camera daemon")
+    _add_runtime_options(p, config_required=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("bench", help="measure the pipeline and its stages on this machine")
+    p.add_argument("video", nargs="?", default=str(DEFAULT_CLIP), metavar="VIDEO",
+                   help="clip to replay (default: the bundled clip)")
+    p.add_argument("--frames", type=int, default=0, help="stop after this many frames, 0 = whole clip "
+                   "(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: table)")
+    _add_runtime_options(p, config_required=False)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def _user_error_lines(exc: BaseException) -> list[str] | None:
+    """The lines to print for an error the user can fix, or None for an internal error."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, EdgecamError):
+        return str(exc).splitlines() or [type(exc).__name__]
+    if isinstance(exc, ValidationError):
+        return [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return [f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)]
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command, map errors to exit codes (0 ok, 2 user error, 1 other)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        lines = _user_error_lines(exc)
+        if lines is not None:
+            for line in lines:
+                print(f"edgecam {args.command}: {line}", file=sys.stderr)
+            return 2
+        logger.debug("internal error", exc_info=True)
+        print(f"edgecam {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(run with --log-level debug for the traceback)", file=sys.stderr)
+        return 1
