@@ -9,41 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgecam import EdgecamError, __version__
+from edgecam.logs import setup_logging
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP = Path(__file__).parent / "data" / "corridor.mp4"
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@\s]+)@", re.I)
-
-
-class MaskCredentials(logging.Filter):
-    """Log filter that replaces the password of ``scheme://user:password@host`` URLs with ``***``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr at ``level`` with URL credentials masked."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(MaskCredentials())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -275,6 +251,12 @@ def _user_error_lines(exc: BaseException) -> list[str] | None:
     return None
 
 
+def _names_its_file(exc: BaseException) -> bool:
+    from edgecam.config import ConfigError
+
+    return isinstance(exc, ConfigError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, map errors to exit codes (0 ok, 2 user error, 1 other)."""
     parser = build_parser()
@@ -289,8 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         lines = _user_error_lines(exc)
         if lines is not None:
+            prefix = "" if _names_its_file(exc) else f"edgecam {args.command}: "
             for line in lines:
-                print(f"edgecam {args.command}: {line}", file=sys.stderr)
+                print(f"{prefix}{line}", file=sys.stderr)
             return 2
         logger.debug("internal error", exc_info=True)
         print(f"edgecam {args.command}: internal error: {type(exc).__name__}: {exc} "

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecam.cli import MaskCredentials, main
+from edgecam.cli import main
+from edgecam.logs import MaskCredentials
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
