@@ -165,10 +165,12 @@ class DetectorConfig(Section):
 
     enabled: bool = Field(default=True, description="initial state of the detection switch")
     model: ModelRef = Field(default="face_detector", description="shipped model name or model folder")
-    score_threshold: float = Field(default=0.6, gt=0, lt=1, description="minimum face score")
-    nms_threshold: float = Field(default=0.3, gt=0, lt=1, description="IoU above which overlapping boxes are merged")
-    max_width: int = Field(default=640, ge=0, le=7680,
-                           description="downscale wider frames to this width first (0: never)")
+    score_threshold: float | None = Field(default=None, gt=0, lt=1,
+                                          description="minimum face score (default: the model's calibrated one)")
+    nms_threshold: float | None = Field(default=None, gt=0, lt=1,
+                                        description="IoU above which overlapping boxes merge (default: the model's)")
+    max_side: int | None = Field(default=None, ge=32, le=7680,
+                                 description="downscale frames with a longer side first (default: the model's)")
     threads: int = Field(default=1, ge=0, le=64, description="inference threads (0: onnxruntime decides)")
     providers: list[str] | None = Field(default=None, description="onnxruntime providers in order (default: CPU)")
 

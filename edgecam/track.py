@@ -1,0 +1,271 @@
+"""Tracker: faces across frames, identity voted per track, the event lifecycle and the best snapshot.
+
+Used in two steps per frame on which the detector ran:
+
+1. ``assign(boxes)`` matches the detections to live tracks (greedy, highest IoU first, against each track's
+   constant-velocity prediction) and opens a tentative track for each unmatched detection;
+2. the caller measures crop quality and recognizes the crops of tracks that ``want_vote()``, then passes
+   ``Observation``s to ``update(frame, observations)``, which returns the events.
+
+A track is confirmed (event ``new``) after ``min_hits`` detections and ends (event ``end``) after ``max_age``
+detector runs without one. An ``update`` is sent when the voted identity changes, or when the best snapshot
+improved and ``update_interval_s`` has passed since the track's last event. Frames on which the detector
+did not run (the motion gate saw a still scene) do not age tracks. The best snapshot is the observation with
+the largest detector score x face size x crop sharpness. ``flush()`` ends every track (end of a replay,
+daemon stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecam.crops import Quality, snapshot_crop
+
+if TYPE_CHECKING:
+    from edgecam.config import SnapshotConfig, TrackerConfig
+    from edgecam.sources import Frame
+
+logger = logging.getLogger(__name__)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (N, 4+) with every box in ``b`` (M, 4+), x1,y1,x2,y2 -> (N, M)."""
+    a, b = np.asarray(a, np.float64)[:, :4], np.asarray(b, np.float64)[:, :4]
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Pairs (row, col) taken in order of decreasing IoU, each row and column at most once, IoU >= threshold."""
+    pairs: list[tuple[int, int]] = []
+    if iou.size == 0:
+        return pairs
+    used_r, used_c = set(), set()
+    order = np.argsort(-iou, axis=None, kind="stable")
+    for r, c in zip(*np.unravel_index(order, iou.shape), strict=True):
+        if iou[r, c] < threshold:
+            break
+        if r not in used_r and c not in used_c:
+            pairs.append((int(r), int(c)))
+            used_r.add(r)
+            used_c.add(c)
+    return pairs
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One recognizer result for a crop of the track."""
+
+    name: str
+    status: str  # known | unknown | uncertain
+    score: float
+
+
+def vote(votes: list[Vote]) -> tuple[str, str, float]:
+    """(identity, status, confidence) from a track's votes.
+
+    Known names and ``unknown`` are tallied (``uncertain`` results count only in the total); the label with the
+    most votes wins (ties: higher summed score). A name is ``known`` when it holds at least half of all votes,
+    else ``uncertain``. Confidence is the winner's share of the votes. No decisive vote: ``unknown``.
+    """
+    tally: dict[str, tuple[int, float]] = {}
+    for v in votes:
+        label = v.name if v.status == "known" else "unknown" if v.status == "unknown" else None
+        if label is not None:
+            n, s = tally.get(label, (0, 0.0))
+            tally[label] = (n + 1, s + v.score)
+    if not tally:
+        return "unknown", "uncertain" if votes else "unknown", 0.0
+    winner = max(tally, key=lambda k: (tally[k][0], tally[k][1]))
+    share = tally[winner][0] / len(votes)
+    if winner == "unknown":
+        return "unknown", "unknown", round(share, 3)
+    return winner, "known" if share >= 0.5 else "uncertain", round(share, 3)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to publish: the JSON-ready ``payload`` and, when the best snapshot changed, its BGR ``image``."""
+
+    payload: dict[str, Any]
+    image: np.ndarray | None = None
+
+    @property
+    def kind(self) -> str:
+        """``new``, ``update`` or ``end``."""
+        return str(self.payload["type"])
+
+
+@dataclass
+class Observation:
+    """A detection assigned to a track, with what the pipeline measured on it."""
+
+    track: Track
+    box: np.ndarray  # (5,) x1,y1,x2,y2,score in frame pixels
+    landmarks: np.ndarray  # (4, 2) x,y
+    quality: Quality | None = None
+    vote: Vote | None = None
+
+
+@dataclass
+class Track:
+    """One face followed across frames."""
+
+    id: str
+    box: np.ndarray  # (5,) x1,y1,x2,y2,score: the latest detection
+    first_frame: int
+    first_ts: float
+    last_frame: int
+    last_ts: float
+    hits: int = 1
+    misses: int = 0
+    confirmed: bool = False
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # box change per detector run
+    max_score: float = 0.0
+    votes: list[Vote] = field(default_factory=list)
+    identity: tuple[str, str, float] = ("unknown", "unknown", 0.0)
+    best_value: float = 0.0
+    best: dict[str, Any] = field(default_factory=dict)  # frame, timestamp, box, score, quality of the best crop
+    best_image: np.ndarray | None = None  # BGR snapshot of the best crop
+    best_changed: bool = False
+    seq: int = 0  # events sent so far
+    last_event_ts: float = 0.0
+
+    def predicted(self) -> np.ndarray:
+        """Where the box should be at the next detector run (constant velocity)."""
+        return self.box[:4] + self.velocity
+
+    def want_vote(self, max_votes: int) -> bool:
+        """Whether a new recognizer result for this track would still count."""
+        return len(self.votes) < max_votes
+
+
+class Tracker:
+    """IoU tracker owning the event lifecycle (see the module docstring)."""
+
+    def __init__(self, cfg: TrackerConfig, snapshot: SnapshotConfig, camera: str, run_id: str | None = None) -> None:
+        self.cfg, self.snapshot_cfg, self.camera = cfg, snapshot, camera
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.tracks: list[Track] = []
+        self._next = 0
+
+    # ------------------------------------------------------------------------------------------ step 1
+
+    def assign(self, boxes: np.ndarray, frame_index: int, timestamp: float) -> list[Track]:
+        """The track of each detection in ``boxes`` (N, 5) x1,y1,x2,y2,score; new tentative tracks as needed."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 5)
+        predicted = np.array([t.predicted() for t in self.tracks]).reshape(-1, 4)
+        pairs = greedy_match(iou_matrix(boxes, predicted), self.cfg.iou_threshold)
+        assigned: list[Track | None] = [None] * len(boxes)
+        for d, t in pairs:
+            assigned[d] = self.tracks[t]
+        for d in range(len(boxes)):
+            if assigned[d] is None:
+                assigned[d] = self._open(boxes[d], frame_index, timestamp)
+        return [t for t in assigned if t is not None]
+
+    def _open(self, box: np.ndarray, frame_index: int, timestamp: float) -> Track:
+        track = Track(f"{self.run_id}-{self._next:05d}", box.copy(), frame_index, timestamp, frame_index, timestamp,
+                      hits=0, max_score=float(box[4]))
+        self._next += 1
+        self.tracks.append(track)
+        return track
+
+    # ------------------------------------------------------------------------------------------ step 2
+
+    def update(self, frame: Frame, observations: list[Observation]) -> list[Event]:
+        """Apply this frame's observations, age the unmatched tracks; the events in order."""
+        events: list[Event] = []
+        seen = set()
+        for ob in observations:
+            seen.add(id(ob.track))
+            events.extend(self._observe(frame, ob))
+        for track in list(self.tracks):
+            if id(track) not in seen:
+                events.extend(self._miss(track, frame))
+        return events
+
+    def _observe(self, frame: Frame, ob: Observation) -> list[Event]:
+        t = ob.track
+        if t.hits:
+            t.velocity = 0.5 * t.velocity + 0.5 * (ob.box[:4] - t.box[:4]) / max(1, t.misses + 1)
+        t.box, t.hits, t.misses = ob.box.astype(np.float32).copy(), t.hits + 1, 0
+        t.last_frame, t.last_ts, t.max_score = frame.index, frame.timestamp, max(t.max_score, float(ob.box[4]))
+        self._offer_best(t, frame, ob)
+        if ob.vote is not None:
+            t.votes.append(ob.vote)
+        previous, t.identity = t.identity, vote(t.votes)
+        if not t.confirmed:
+            if t.hits < self.cfg.min_hits:
+                return []
+            t.confirmed = True
+            return [self._event("new", t, frame)]
+        if t.identity[:2] != previous[:2]:
+            return [self._event("update", t, frame)]
+        if t.best_changed and frame.timestamp - t.last_event_ts >= self.cfg.update_interval_s:
+            return [self._event("update", t, frame)]
+        return []
+
+    def _offer_best(self, t: Track, frame: Frame, ob: Observation) -> None:
+        if ob.quality is None:
+            return
+        value = float(ob.box[4]) * ob.quality.size * ob.quality.sharpness * (2.0 if ob.quality.ok else 1.0)
+        if value <= t.best_value:
+            return
+        s = self.snapshot_cfg
+        t.best_value, t.best_changed = value, True
+        t.best_image = snapshot_crop(frame.bgr, ob.box, s.margin, s.max_size)
+        t.best = {"frame": frame.index, "timestamp": frame.timestamp, "box": _box(ob.box),
+                  "score": round(float(ob.box[4]), 4), "quality": ob.quality.as_dict()}
+
+    def _miss(self, track: Track, frame: Frame) -> list[Event]:
+        track.misses += 1
+        if track.misses < self.cfg.max_age:
+            return []
+        self.tracks.remove(track)
+        return [self._event("end", track, frame)] if track.confirmed else []
+
+    def flush(self, frame: Frame) -> list[Event]:
+        """End every track (stream ended or daemon stopping); ``end`` events for the confirmed ones."""
+        ended = [self._event("end", t, frame) for t in self.tracks if t.confirmed]
+        self.tracks = []
+        return ended
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def _event(self, kind: str, t: Track, frame: Frame) -> Event:
+        name, status, confidence = t.identity
+        event = {
+            "type": kind, "id": t.id, "seq": t.seq, "camera": self.camera, "label": self.cfg.label,
+            "identity": name, "status": status,
+            "scores": {"detection": round(float(t.box[4]), 4), "detection_max": round(t.max_score, 4),
+                       "identity": confidence},
+            "box": _box(t.box), "start": t.first_ts, "end": t.last_ts if kind == "end" else None,
+            "timestamp": frame.timestamp, "frame": frame.index,
+            "frames": {"first": t.first_frame, "last": t.last_frame, "hits": t.hits, "votes": len(t.votes)},
+            "snapshot": dict(t.best) if t.best else None,
+        }
+        image = t.best_image if t.best_changed else None
+        t.seq += 1
+        t.last_event_ts, t.best_changed = frame.timestamp, False
+        return Event(event, image)
+
+    def in_view(self) -> list[Track]:
+        """Confirmed tracks currently followed."""
+        return [t for t in self.tracks if t.confirmed]
+
+
+def _box(box: np.ndarray) -> list[float]:
+    return [round(float(v), 1) for v in box[:4]]

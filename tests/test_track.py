@@ -1,0 +1,157 @@
+"""Tracker: IoU association, confirmation, ageing, identity vote, best snapshot, event lifecycle and schema."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecam.config import SnapshotConfig, TrackerConfig
+from edgecam.crops import Quality
+from edgecam.sources import Frame
+from edgecam.track import Observation, Tracker, Vote, greedy_match, iou_matrix, vote
+
+IMG = np.zeros((240, 320, 3), np.uint8)
+EVENT_KEYS = {"type", "id", "seq", "camera", "label", "identity", "status", "scores", "box", "start", "end",
+              "timestamp", "frame", "frames", "snapshot"}
+
+
+def frame(i: int) -> Frame:
+    return Frame(i, i * 0.1, IMG)
+
+
+def box(x: float, y: float = 50, s: float = 40, score: float = 0.9) -> np.ndarray:
+    return np.array([x, y, x + s, y + s, score], np.float32)
+
+
+def quality(size: float = 40, sharp: float = 100, ok: bool = True) -> Quality:
+    return Quality(size, sharp, 0.0, ok, "" if ok else "blurred")
+
+
+def make(**kw: object) -> Tracker:
+    return Tracker(TrackerConfig(**{"min_hits": 3, "max_age": 2, "update_interval_s": 0.0, **kw}),
+                   SnapshotConfig(), camera="cam", run_id="run")
+
+
+def step(t: Tracker, i: int, boxes: list[np.ndarray], votes: list[Vote | None] | None = None,
+         qualities: list[Quality] | None = None) -> list[dict]:
+    arr = np.array(boxes, np.float32).reshape(-1, 5)
+    tracks = t.assign(arr, i, i * 0.1)
+    obs = [Observation(tr, b, np.zeros((4, 2), np.float32), (qualities or [quality()] * len(boxes))[k],
+                       (votes or [None] * len(boxes))[k]) for k, (tr, b) in enumerate(zip(tracks, arr, strict=True))]
+    return [e.payload for e in t.update(frame(i), obs)]
+
+
+def test_iou_matrix_and_greedy_match() -> None:
+    a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    b = np.array([[21, 21, 31, 31], [0, 0, 10, 10], [100, 100, 110, 110]], np.float32)
+    iou = iou_matrix(a, b)
+    assert iou.shape == (2, 3) and iou[0, 1] == pytest.approx(1.0) and iou[0, 2] == 0
+    assert sorted(greedy_match(iou, 0.3)) == [(0, 1), (1, 0)]
+    assert iou_matrix(np.zeros((0, 4)), b).shape == (0, 3)
+
+
+def test_new_after_min_hits_then_end_after_max_age() -> None:
+    t = make()
+    assert step(t, 0, [box(10)]) == [] and step(t, 1, [box(12)]) == []
+    [new] = step(t, 2, [box(14)])
+    assert new["type"] == "new" and new["seq"] == 0 and set(new) == EVENT_KEYS
+    assert new["start"] == 0.0 and new["end"] is None and new["frames"]["hits"] == 3
+    assert step(t, 3, []) == []
+    [end] = step(t, 4, [])
+    assert end["type"] == "end" and end["id"] == new["id"] and end["seq"] == 1
+    assert end["end"] == pytest.approx(0.2) and end["box"] == [14.0, 50.0, 54.0, 90.0]
+    assert t.tracks == []
+
+
+def test_unconfirmed_track_ends_silently() -> None:
+    t = make()
+    step(t, 0, [box(10)])
+    assert step(t, 1, []) == [] and step(t, 2, []) == [] and t.tracks == []
+
+
+def test_two_faces_keep_their_ids_while_moving() -> None:
+    t = make()
+    events = []
+    for i in range(6):
+        events += step(t, i, [box(10 + 4 * i), box(200 - 4 * i)])
+    news = [e for e in events if e["type"] == "new"]
+    assert len(news) == 2 and news[0]["id"] != news[1]["id"]
+    assert {e["id"] for e in events} == {news[0]["id"], news[1]["id"]}
+    assert len(t.tracks) == 2
+
+
+def test_constant_velocity_keeps_a_fast_face() -> None:
+    t = make(iou_threshold=0.3)
+    xs = [10, 20, 45, 70, 95]  # from the 3rd step, 25 px per step on a 40 px face: IoU with the last box 0.23
+    assert iou_matrix(box(45)[None], box(20)[None])[0, 0] < 0.3
+    for i, x in enumerate(xs):
+        step(t, i, [box(x)])
+    assert len(t.tracks) == 1 and t.tracks[0].hits == 5
+
+
+def test_identity_vote_and_update_event() -> None:
+    t = make()
+    alice, nobody = Vote("alice", "known", 0.8), Vote("unknown", "unknown", 0.2)
+    events = []
+    for i, v in enumerate([nobody, alice, alice, nobody, nobody, nobody]):
+        events += step(t, i, [box(10)], votes=[v])
+    kinds = [(e["type"], e["identity"], e["status"]) for e in events]
+    assert kinds == [("new", "alice", "known"), ("update", "unknown", "unknown")]
+    assert events[0]["scores"]["identity"] == pytest.approx(0.667)
+    assert events[1]["frames"]["votes"] == 5
+    assert all(e["id"] == events[0]["id"] for e in events)
+
+
+def test_vote_rules() -> None:
+    k = lambda n, s=0.9: Vote(n, "known", s)  # noqa: E731
+    assert vote([]) == ("unknown", "unknown", 0.0)
+    assert vote([k("a"), k("a"), Vote("unknown", "unknown", 0.1)]) == ("a", "known", 0.667)
+    assert vote([k("a"), k("b"), Vote("", "uncertain", 0.5), Vote("", "uncertain", 0.5)])[1] == "uncertain"
+    assert vote([Vote("unknown", "unknown", 0.1)] * 3 + [k("a")]) == ("unknown", "unknown", 0.75)
+    assert vote([k("a", 0.5), k("b", 0.9)])[0] == "b"  # tie on count: higher summed score
+    assert vote([Vote("", "uncertain", 0.5)]) == ("unknown", "uncertain", 0.0)
+
+
+def test_identity_change_emits_update() -> None:
+    t = make(update_interval_s=100.0)
+    events = []
+    for i in range(3):
+        events += step(t, i, [box(10)], qualities=[quality(sharp=100)])
+    assert [e["type"] for e in events] == ["new"] and events[0]["identity"] == "unknown"
+    ev = []
+    for i in range(3, 6):
+        ev += step(t, i, [box(10)], votes=[Vote("bob", "known", 0.9)], qualities=[quality(sharp=1)])
+    assert [(e["type"], e["identity"], e["status"]) for e in ev] == [("update", "bob", "known")]
+
+
+def test_best_snapshot_by_score_size_sharpness_and_update_interval() -> None:
+    t = make(update_interval_s=0.25)
+    step(t, 0, [box(10)], qualities=[quality(sharp=10)])
+    step(t, 1, [box(10)], qualities=[quality(sharp=50)])
+    [new] = step(t, 2, [box(10)], qualities=[quality(sharp=20)])
+    assert new["snapshot"]["frame"] == 1
+    assert step(t, 3, [box(10)], qualities=[quality(sharp=90)]) == []  # better, but only 0.1 s since 'new'
+    assert step(t, 4, [box(10)], qualities=[quality(sharp=5)]) == []
+    [upd] = step(t, 5, [box(10)], qualities=[quality(sharp=5)])  # 0.3 s since 'new': the pending change goes
+    assert upd["type"] == "update" and upd["snapshot"]["frame"] == 3
+    assert step(t, 6, [box(10)], qualities=[quality(sharp=5)]) == []  # nothing new
+
+
+def test_event_carries_snapshot_image_only_when_changed() -> None:
+    t = make()
+    arr = box(10)
+    for i in range(3):
+        tr = t.assign(arr[None], i, i * 0.1)
+        events = t.update(frame(i), [Observation(tr[0], arr, np.zeros((4, 2), np.float32), quality())])
+    assert events[0].image is not None and events[0].image.ndim == 3
+    tr = t.assign(arr[None], 3, 0.3)
+    assert t.update(frame(3), [Observation(tr[0], arr, np.zeros((4, 2), np.float32), quality())]) == []
+
+
+def test_flush_ends_confirmed_tracks() -> None:
+    t = make()
+    for i in range(3):
+        step(t, i, [box(10)])
+    step(t, 3, [box(10), box(200)])
+    ended = t.flush(frame(4))
+    assert [e.kind for e in ended] == ["end"] and t.tracks == []
