@@ -1,0 +1,179 @@
+"""int8 static post-training quantization of any edgecam model folder, checked against its fp32 original.
+
+    python deploy/quantize.py MODEL_DIR --calib DIR --out OUT_DIR [--check DIR] [--max 300]
+
+MODEL_DIR holds an fp32 ``.onnx`` and its ``model.json`` (the input spec gives size, colour order and
+normalisation). Calibration images (``--calib``, any folder tree of .jpg/.png/.pgm/.bmp: for a recognizer,
+aligned crops) run through a calibration data reader; activations get ranges from them (``--method``
+minmax | percentile | entropy), weights are int8 per output channel (symmetric), activations uint8, in QDQ
+format (onnxruntime fuses QDQ pairs into integer kernels; other runtimes read the same graph). OUT_DIR gets
+the int8 ``.onnx`` and a ``model.json`` with its sha256 and a ``quantization`` record: sizes, fp32-vs-int8
+output agreement (cosine of outputs, top-1 agreement) on ``--check`` images (default: the calibration
+images) and single-thread milliseconds per input of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgecam import EdgecamError  # noqa: E402
+from edgecam.manifest import Manifest, load_manifest, sha256_file, to_tensor  # noqa: E402
+
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".pgm", ".bmp"}
+
+
+def list_images(folder: Path, limit: int, seed: int = 0) -> list[Path]:
+    """Up to ``limit`` image paths under ``folder`` (a seeded sample when there are more)."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXT)
+    if not paths:
+        raise EdgecamError(f"{folder}: no images (.jpg/.png/.pgm/.bmp) found for calibration")
+    if len(paths) > limit:
+        keep = np.random.default_rng(seed).choice(len(paths), limit, replace=False)
+        paths = [paths[i] for i in sorted(keep)]
+    return paths
+
+
+def load_inputs(paths: list[Path], spec: dict) -> np.ndarray:
+    """Images -> the model's input batch (resized to the input size when the model has one)."""
+    ims = []
+    for p in paths:
+        im = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if im is None:
+            raise EdgecamError(f"{p}: not a readable image")
+        if spec.get("size"):
+            w, h = spec["size"]
+            if im.shape[:2] != (h, w):
+                im = cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA)
+        ims.append(im)
+    return to_tensor(ims, spec)
+
+
+class FolderReader:
+    """onnxruntime CalibrationDataReader over a preprocessed batch, one input at a time."""
+
+    def __init__(self, input_name: str, batch: np.ndarray):
+        self.name, self.batch, self.i = input_name, batch, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.batch):
+            return None
+        self.i += 1
+        return {self.name: self.batch[self.i - 1:self.i]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize(fp32: Path, out: Path, calib: np.ndarray, input_name: str, method: str) -> None:
+    """Static QDQ int8 quantization (per-channel weights) of ``fp32`` into ``out``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), FolderReader(input_name, calib), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method],
+                        extra_options={"CalibPercentile": 99.99} if method == "percentile" else None)
+
+
+def session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime type
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ms_per_input(path: Path, x: np.ndarray, input_name: str, n: int = 100) -> float:
+    """Median single-thread milliseconds of one input (batch 1) after a warm-up."""
+    s = session(path)
+    for i in range(10):
+        s.run(None, {input_name: x[i % len(x):i % len(x) + 1]})
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        s.run(None, {input_name: x[i % len(x):i % len(x) + 1]})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def compare(fp32: Path, int8: Path, x: np.ndarray, input_name: str) -> dict[str, float]:
+    """Agreement of the int8 model's outputs with fp32's on the same inputs, sizes and speed."""
+    a = session(fp32).run(None, {input_name: x})[0].reshape(len(x), -1)
+    b = session(int8).run(None, {input_name: x})[0].reshape(len(x), -1)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return {"inputs": len(x), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+            "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
+            "fp32_ms": ms_per_input(fp32, x, input_name), "int8_ms": ms_per_input(int8, x, input_name)}
+
+
+def write_folder(src: Manifest, out_dir: Path, onnx_file: Path, record: dict) -> None:
+    """OUT_DIR/model.json: the source manifest with the new file name, sha256 and quantization record."""
+    data = dict(src.data)
+    data["file"] = onnx_file.name
+    data["sha256"] = sha256_file(onnx_file)
+    data["quantization"] = record
+    (out_dir / "model.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run(model_dir: Path, calib_dir: Path, out_dir: Path, check_dir: Path | None, limit: int, method: str,
+        name: str | None = None) -> dict:
+    """Quantize a model folder into ``out_dir``; returns the quantization record."""
+    src = load_manifest(model_dir)
+    spec = src.input
+    input_name = spec.get("name", "input")
+    calib = load_inputs(list_images(calib_dir, limit), spec)
+    check = load_inputs(list_images(check_dir, limit, seed=1), spec) if check_dir else calib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / (name or src.onnx_path.name.replace(".onnx", "") + "_int8.onnx")
+    if dst.resolve() == src.onnx_path.resolve():
+        raise EdgecamError(f"{dst}: would overwrite the fp32 source model")
+    quantize(src.onnx_path, dst, calib, input_name, method)
+    record = {"method": f"onnxruntime static QDQ, per-channel int8 weights, uint8 activations, {method}",
+              "calibration_images": len(calib), "check": compare(src.onnx_path, dst, check, input_name),
+              "command": " ".join(["python", "deploy/quantize.py", *sys.argv[1:]])}
+    write_folder(src, out_dir, dst, record)
+    for extra in ("README.md",):
+        if (model_dir / extra).exists() and not (out_dir / extra).exists():
+            shutil.copy(model_dir / extra, out_dir / extra)
+    return record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model_dir", type=Path, help="folder with the fp32 .onnx and model.json")
+    ap.add_argument("--calib", type=Path, required=True, help="folder of calibration images")
+    ap.add_argument("--out", type=Path, required=True, help="output model folder")
+    ap.add_argument("--check", type=Path, default=None, help="folder of check images (default: --calib)")
+    ap.add_argument("--max", type=int, default=300, help="images used from each folder (default: 300)")
+    ap.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile",
+                    help="activation range calibration (default: percentile, 99.99)")
+    ap.add_argument("--name", default=None, help="output .onnx file name (default: <fp32 name>_int8.onnx)")
+    args = ap.parse_args()
+    try:
+        record = run(args.model_dir, args.calib, args.out, args.check, args.max, args.method, args.name)
+    except EdgecamError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(json.dumps(record["check"]))
+
+
+if __name__ == "__main__":
+    main()

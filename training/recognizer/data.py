@@ -1,0 +1,200 @@
+"""Face-crop datasets for the recognizer: aligned crops, person splits and the cached teacher embeddings.
+
+Crops are made exactly as at run time: landmarks (4 points: image-left eye, image-right eye, nose, mouth
+centre) -> ``edgecam.crops.align`` -> 112x112, stored RGB uint8. Landmark sources:
+
+- ``detector``: our face detector (``edgecam.detect.FaceDetector``), the runtime path: used for LFW and for
+  every evaluation number. On an LFW image (one centred person) the face nearest the centre is kept.
+- ``yunet``: the YuNet anchor (5 points; mouth centre = mean of the mouth corners), for development only.
+- WebFaces faces always use their ground-truth landmarks (``landmarks.txt``); they carry no identity.
+
+LFW people are split by a seeded permutation of the sorted names (``split_people``): ``eval`` (held out from
+all training, verification pairs and open-set identification), ``calib`` (threshold calibration only) and
+``train`` (distillation crops, and the identity labels of the student trained without the teacher).
+
+Steps (outputs under ``--out``, default ``runs/recognizer/data``; both resumable)::
+
+    python -m training.recognizer.data crops --landmarks detector     # crops.npy + meta.json (~3 min)
+    python -m training.recognizer.data teacher                        # teacher.npy: SFace on crop + flip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edgecam.crops import align
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO / "../shared"
+DEFAULT_OUT = REPO / "runs/recognizer/data"
+SPLIT_SEED = 20240601
+SPLIT_SIZES = {"eval": 100, "calib": 40}  # the rest of the people are "train"
+
+
+def split_people(names: list[str], seed: int = SPLIT_SEED) -> dict[str, str]:
+    """Seeded person -> split ('eval' | 'calib' | 'train') over the sorted names."""
+    order = np.random.default_rng(seed).permutation(sorted(names))
+    n_eval, n_calib = SPLIT_SIZES["eval"], SPLIT_SIZES["calib"]
+    return {str(p): "eval" if i < n_eval else "calib" if i < n_eval + n_calib else "train"
+            for i, p in enumerate(order)}
+
+
+def lfw_people(root: Path) -> dict[str, list[Path]]:
+    """LFW folder -> {person: sorted image paths}."""
+    people = {d.name: sorted(d.glob("*.jpg")) for d in sorted(root.iterdir()) if d.is_dir()}
+    return {k: v for k, v in people.items() if v}
+
+
+def yunet_landmarks(model: Path) -> object:
+    """A landmark function bgr -> (boxes (N, 5) x1,y1,x2,y2,score, landmarks (N, 4, 2)) using YuNet."""
+    det = cv2.FaceDetectorYN.create(str(model), "", (320, 320), 0.6, 0.3, 50)
+
+    def run(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        det.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, faces = det.detect(bgr)
+        if faces is None:
+            return np.zeros((0, 5), np.float32), np.zeros((0, 4, 2), np.float32)
+        boxes = np.concatenate([faces[:, :2], faces[:, :2] + faces[:, 2:4], faces[:, 14:15]], 1)
+        five = faces[:, 4:14].reshape(-1, 5, 2)
+        four = np.concatenate([five[:, :3], five[:, 3:5].mean(1, keepdims=True)], 1)
+        return boxes.astype(np.float32), four.astype(np.float32)
+
+    return run
+
+
+def detector_landmarks() -> object:
+    """Our detector (the runtime path) as a landmark function."""
+    from edgecam.detect import FaceDetector
+
+    return FaceDetector()
+
+
+def central_face(boxes: np.ndarray, landmarks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Landmarks (4, 2) of the detected face whose box centre is nearest the image centre, or None."""
+    if len(boxes) == 0:
+        return None
+    centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
+    d = np.linalg.norm(centres - np.array([shape[1] / 2, shape[0] / 2]), axis=1)
+    return landmarks[int(np.argmin(d))]
+
+
+@dataclass
+class CropSet:
+    """Aligned crops (N, 112, 112, 3) RGB uint8 and per-crop metadata lists."""
+
+    crops: np.ndarray
+    meta: dict[str, list]
+
+    @staticmethod
+    def load(folder: Path | str, mmap: bool = True) -> CropSet:
+        folder = Path(folder)
+        crops = np.load(folder / "crops.npy", mmap_mode="r" if mmap else None)
+        meta = json.loads((folder / "meta.json").read_text())
+        return CropSet(crops, meta)
+
+    def indices(self, source: str | None = None, split: str | None = None) -> np.ndarray:
+        """Indices of crops from a source ('webfaces' | 'lfw') and/or an LFW split."""
+        ok = np.ones(len(self.meta["source"]), bool)
+        if source is not None:
+            ok &= np.array(self.meta["source"]) == source
+        if split is not None:
+            ok &= np.array(self.meta["split"]) == split
+        return np.flatnonzero(ok)
+
+
+def build_crops(shared: Path, out: Path, landmarks: str, size: int = 112) -> None:
+    """Write ``crops.npy`` and ``meta.json``: every WebFaces face (ground truth) and every LFW image."""
+    from training.detector.data import read_landmarks
+
+    crops: list[np.ndarray] = []
+    meta: dict[str, list] = {"source": [], "person": [], "split": [], "path": []}
+    web = shared / "data/detection/webfaces"
+    for name, lms in tqdm(sorted(read_landmarks(web).items()), desc="webfaces"):
+        bgr = cv2.imread(str(web / "images" / name))
+        if bgr is None:
+            continue
+        for k, lm in enumerate(lms):
+            crops.append(align(bgr, lm, size)[:, :, ::-1])
+            _append(meta, "webfaces", f"webfaces:{name}:{k}", "train", f"{name}#{k}")
+    finder = yunet_landmarks(shared / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx") \
+        if landmarks == "yunet" else detector_landmarks()
+    people = lfw_people(shared / "data/identity/lfw")
+    splits = split_people(list(people))
+    missed = 0
+    for person, paths in tqdm(people.items(), desc="lfw"):
+        for p in paths:
+            bgr = cv2.imread(str(p))
+            lm = central_face(*finder(bgr), bgr.shape)  # type: ignore[operator]
+            if lm is None:
+                missed += 1
+                continue
+            crops.append(align(bgr, lm, size)[:, :, ::-1])
+            _append(meta, "lfw", person, splits[person], f"{person}/{p.name}")
+    logger.info("lfw: %s images without a detected face skipped", missed)
+    meta["landmarks"] = [landmarks]
+    meta["lfw_missed"] = [missed]
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "crops.npy", np.stack(crops))
+    (out / "meta.json").write_text(json.dumps(meta))
+    print(f"{len(crops)} crops -> {out} (lfw without a face: {missed})")
+
+
+def _append(meta: dict[str, list], source: str, person: str, split: str, path: str) -> None:
+    meta["source"].append(source)
+    meta["person"].append(person)
+    meta["split"].append(split)
+    meta["path"].append(path)
+
+
+def build_teacher(out: Path, threads: int, chunk: int = 512) -> None:
+    """Write ``teacher.npy`` (N, 2, 128): SFace embeddings of each crop and of its mirror (resumable)."""
+    from training.recognizer.teacher import OnnxTeacher
+
+    crops = np.load(out / "crops.npy", mmap_mode="r")
+    parts = out / "teacher_parts"
+    parts.mkdir(exist_ok=True)
+    teacher = OnnxTeacher(threads=threads)
+    starts = range(0, len(crops), chunk)
+    for s in tqdm(starts, desc="teacher"):
+        part = parts / f"{s:07d}_{chunk}.npy"
+        if part.exists():
+            continue
+        x = np.asarray(crops[s:s + chunk])
+        emb = np.stack([_batched(teacher, x), _batched(teacher, x[:, :, ::-1])], 1)
+        np.save(part, emb.astype(np.float32))
+    np.save(out / "teacher.npy", np.concatenate([np.load(parts / f"{s:07d}_{chunk}.npy") for s in starts]))
+    print(f"teacher embeddings -> {out / 'teacher.npy'}")
+
+
+def _batched(teacher: object, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([teacher(x[i:i + batch]) for i in range(0, len(x), batch)])  # type: ignore[operator]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["crops", "teacher"])
+    ap.add_argument("--shared", type=Path, default=SHARED, help="the ../shared folder (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    ap.add_argument("--landmarks", choices=["detector", "yunet"], default="detector",
+                    help="landmark source for LFW (default: detector, the runtime path)")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the teacher (default: 1)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.step == "crops":
+        build_crops(args.shared, args.out, args.landmarks)
+    else:
+        build_teacher(args.out, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Train one stage of the compressed face recognizer (read top to bottom).
+
+Stages (each resumable: rerun the same command, or raise ``--steps`` to continue a finished run):
+
+    # student without the teacher: identity labels of the LFW train people only (CosFace)
+    python -m training.recognizer.train labels --arch mbf_small --steps 1500 --out runs/recognizer/labels
+    # the same student distilled from SFace's cached embeddings (cosine + relational loss)
+    python -m training.recognizer.train kd --arch mbf_small --steps 1500 --out runs/recognizer/kd_scratch
+    # SFace's own weights with a stride-2 stem (1/3 of the MACs), distilled back to SFace
+    python -m training.recognizer.train kd --arch sface_s2 --init teacher --steps 800 --out runs/recognizer/kd
+    # structured pruning of a checkpoint (keep share of channels), then distillation fine-tuning
+    python -m training.recognizer.train prune --from runs/recognizer/kd/ckpt.pt --keep 0.5 --out ...
+    # low-rank: per-channel SVD of the flatten head, SVD of 1x1 convs by energy, then fine-tuning
+    python -m training.recognizer.train lowrank --from .../ckpt.pt --head-rank 2 --energy 0.9 --out ...
+
+Data: ``runs/recognizer/data`` from ``training.recognizer.data`` (crops + cached teacher embeddings). The
+training pool is every WebFaces face and the LFW ``train`` people; progress is measured on the ``calib``
+people (the ``eval`` people are only touched by ``training.recognizer.report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.compress.distill import Batch, DistillConfig, load_model, train
+from training.compress.lowrank import factorize_flatten_head, factorize_model
+from training.compress.prune import prune
+from training.recognizer.data import DEFAULT_OUT, CropSet
+from training.recognizer.evaluate import evaluate
+from training.recognizer.model import FaceMobileNet, count_macs, count_params, create_model
+from training.recognizer.teacher import normalize_input, sface_teacher
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------- augmentation
+
+
+def augment(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> torch.Tensor:
+    """(B, 112, 112, 3) uint8 crops -> normalised (B, 3, 112, 112) with alignment and camera jitter.
+
+    Half of the batch gets a small similarity jitter (rotation 6 deg, scale 7 %, shift 3 px: detector
+    landmark noise); then brightness / contrast, 20 % greyscale (IR cameras), 20 % low resolution (a face
+    20-40 px wide upscaled). The teacher target stays that of the clean crop, so the student learns to be
+    stable where the runtime crops wobble.
+    """
+    b = len(rgb)
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float()
+    jit = torch.from_numpy(rng.random(b) < 0.5 * strength)
+    ang = torch.from_numpy(rng.uniform(-6, 6, b)).float() * math.pi / 180 * jit
+    sc = 1 + torch.from_numpy(rng.uniform(-0.07, 0.07, b)).float() * jit
+    sh = torch.from_numpy(rng.uniform(-0.055, 0.055, (b, 2))).float() * jit[:, None]
+    theta = torch.stack([torch.stack([sc * torch.cos(ang), -sc * torch.sin(ang), sh[:, 0]], 1),
+                         torch.stack([sc * torch.sin(ang), sc * torch.cos(ang), sh[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    gain = torch.from_numpy(rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength, (b, 1, 1, 1))).float()
+    bias = torch.from_numpy(rng.uniform(-25 * strength, 25 * strength, (b, 1, 1, 1))).float()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * gain + mean + bias
+    grey = torch.from_numpy(rng.random(b) < 0.2 * strength)
+    x[grey] = x[grey].mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    low = np.flatnonzero(rng.random(b) < 0.2 * strength)
+    for i in low:
+        side = int(rng.integers(28, 56))
+        small = F.interpolate(x[i:i + 1], size=(side, side), mode="area")
+        x[i:i + 1] = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return (x.clamp(0, 255) - 127.5) / 128.0
+
+
+# -------------------------------------------------------------------------------------------- batches
+
+
+class Batches:
+    """Deterministic per-step batches: crops (+ mirror with the mirrored teacher target), labels."""
+
+    def __init__(self, data: CropSet, teacher: np.ndarray | None, pool: np.ndarray, batch: int,
+                 labels: np.ndarray | None, seed: int):
+        self.crops = np.asarray(data.crops)  # load into memory (about 0.6 GB)
+        self.teacher, self.pool, self.batch, self.labels, self.seed = teacher, pool, batch, labels, seed
+
+    def __call__(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, step])
+        idx = rng.choice(self.pool, self.batch, replace=False)
+        flip = rng.random(self.batch) < 0.5
+        rgb = self.crops[idx].copy()
+        rgb[flip] = rgb[flip, :, ::-1]
+        x = augment(rgb, rng)
+        t = torch.from_numpy(self.teacher[idx, flip.astype(int)]) if self.teacher is not None else None
+        y = torch.from_numpy(self.labels[idx]) if self.labels is not None else None
+        return x, t, y
+
+
+def identity_labels(data: CropSet, pool: np.ndarray) -> tuple[np.ndarray, int]:
+    """Class index per crop (people of the pool numbered 0..K-1; -1 elsewhere) and K."""
+    persons = np.array(data.meta["person"])
+    names = sorted({str(persons[i]) for i in pool})
+    lab = np.full(len(persons), -1, np.int64)
+    for k, n in enumerate(names):
+        lab[persons == n] = k
+    return lab, len(names)
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def torch_embedder(model: nn.Module, batch: int = 64) -> object:
+    """(N, 112, 112, 3) RGB uint8 -> (N, D) embeddings of a torch model in eval mode."""
+
+    @torch.no_grad()
+    def run(rgb: np.ndarray) -> np.ndarray:
+        model.eval()
+        return torch.cat([model(normalize_input(rgb[i:i + batch])) for i in range(0, len(rgb), batch)]).numpy()
+
+    return run
+
+
+def calib_eval(data: CropSet) -> object:
+    def run(model: nn.Module) -> dict[str, float]:
+        r = evaluate(torch_embedder(model), data, "calib")  # type: ignore[arg-type]
+        return {"calib_acc": r.lfw_acc, "calib_dir": r.dir_at_far}
+
+    return run
+
+
+# --------------------------------------------------------------------------------------- model building
+
+
+def build(args: argparse.Namespace, data: CropSet) -> nn.Module:
+    """The stage's starting model: a new architecture, the teacher's weights, or a transformed checkpoint."""
+    if args.stage in ("labels", "kd"):
+        model = create_model(args.arch, **json.loads(args.arch_kwargs))
+        if args.init == "teacher":
+            model.load_state_dict(sface_teacher().state_dict())
+        return model
+    model = load_model(Path(args.from_ckpt))
+    example = normalize_input(np.asarray(data.crops[:1]))
+    if args.stage == "prune":
+        calib = [normalize_input(np.asarray(data.crops[i:i + 64])) for i in range(0, 512, 64)]
+        keep_last = args.keep_last if args.keep_last is not None else args.keep
+
+        def keep_of(g: object) -> float:  # the last two blocks (7x7 maps, most parameters) may keep less
+            parts = str(getattr(g, "name", "")).split(".")
+            return keep_last if parts[0] == "blocks" and parts[1] in ("11", "12") else args.keep
+
+        changes = prune(model, example, calib, keep_of)  # type: ignore[arg-type]
+        logger.info("pruning: %s", changes)
+    elif args.stage == "lowrank":
+        lowrank_head(model, args.head_rank)
+        done = factorize_model(model, energy=args.energy, min_saving=args.min_saving, skip=("fc",))
+        logger.info("low-rank: %s", done)
+    return model
+
+
+def lowrank_head(model: nn.Module, rank: int) -> None:
+    """Replace a FaceMobileNet flatten head by its per-channel rank-r factorisation (in place)."""
+    assert isinstance(model, FaceMobileNet)
+    if model.cfg.head != "flatten":
+        return
+    hw = model.cfg.feat_hw
+    channels = model.fc.in_features // (hw * hw)
+    dw, fc = factorize_flatten_head(model.fc, channels, (hw, hw), rank)
+    model.head_spatial = nn.Sequential(dw, nn.Flatten())
+    model.fc = fc
+    model.cfg = replace(model.cfg, head="lowrank", head_rank=rank)
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["labels", "kd", "prune", "lowrank"])
+    ap.add_argument("--out", type=Path, required=True, help="run folder (ckpt.pt, history.json)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_OUT, help="crops + teacher cache (default: %(default)s)")
+    ap.add_argument("--arch", default="mbf_small", help="registered model for labels/kd (default: %(default)s)")
+    ap.add_argument("--arch-kwargs", default="{}", help="JSON overrides of the architecture (default: {})")
+    ap.add_argument("--init", choices=["scratch", "teacher"], default="scratch",
+                    help="kd: random init or SFace's weights (same widths only) (default: scratch)")
+    ap.add_argument("--from", dest="from_ckpt", help="prune/lowrank: checkpoint to transform")
+    ap.add_argument("--keep", type=float, default=0.5, help="prune: share of channels kept (default: 0.5)")
+    ap.add_argument("--keep-last", type=float, default=None,
+                    help="prune: share kept in the last two blocks (default: --keep)")
+    ap.add_argument("--head-rank", type=int, default=2, help="lowrank: features per channel in the head (default: 2)")
+    ap.add_argument("--energy", type=float, default=0.9, help="lowrank: SVD energy kept in 1x1 convs (default: 0.9)")
+    ap.add_argument("--min-saving", type=float, default=0.2,
+                    help="lowrank: factorise a layer only if it saves this share (default: 0.2)")
+    ap.add_argument("--steps", type=int, default=1000, help="optimiser steps in total (default: 1000)")
+    ap.add_argument("--batch", type=int, default=48, help="batch size (default: 48)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
+    ap.add_argument("--w-rel", type=float, default=1.0, help="relational loss weight (default: 1.0)")
+    ap.add_argument("--eval-every", type=int, default=500, help="steps between calib evaluations (default: 500)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    # 1. data: crops, cached teacher embeddings, the training pool
+    data = CropSet.load(args.data)
+    pool = np.concatenate([data.indices("webfaces"), data.indices("lfw", "train")])
+    teacher = np.load(args.data / "teacher.npy")
+    labels, classes = None, 0
+    if args.stage == "labels":
+        pool = data.indices("lfw", "train")
+        labels, classes = identity_labels(data, pool)
+        teacher = None
+
+    # 2. model: new, from the teacher, or pruned / factorised from a checkpoint (skipped when resuming)
+    ckpt = args.out / "ckpt.pt"
+    model = build(args, data) if not ckpt.exists() else load_model(ckpt)
+
+    # 3. train (distillation, or labels only)
+    cfg = DistillConfig(steps=args.steps, lr=args.lr, w_rel=args.w_rel if teacher is not None else 0.0,
+                        w_cos=1.0 if teacher is not None else 0.0, w_label=1.0 if classes else 0.0,
+                        classes=classes, eval_every=args.eval_every, warmup=min(100, args.steps // 10))
+    batches = Batches(data, teacher, pool, args.batch, labels, seed=cfg.seed)
+    meta = {"args": {k: str(v) for k, v in vars(args).items()}}
+    model, history = train(model, batches, cfg, ckpt, calib_eval(data), meta)
+
+    # 4. record what the stage produced
+    size = getattr(getattr(model, "cfg", None), "input_size", 112)
+    summary = {"params": count_params(model), "macs": count_macs(model, (3, size, size)), "config": asdict(cfg),
+               "history": history}
+    (args.out / "history.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"} | {"last": history[-1]}))
+
+
+if __name__ == "__main__":
+    main()
