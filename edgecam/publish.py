@@ -1,0 +1,566 @@
+"""MQTT publisher: events through an on-disk outbox (QoS 1), states, snapshots, stats, commands, HA discovery.
+
+Delivery of events, step by step:
+
+1. ``publish_event`` writes the event to the SQLite outbox (``<state_dir>/outbox.sqlite3``) and returns; the
+   row survives broker outages, SIGKILL and power loss.
+2. A pump thread hands the oldest rows to paho, at most ``max_inflight`` awaiting PUBACK at once, and only
+   while connected. paho re-sends what is unacknowledged after a reconnect, in order; rows handed over on an
+   earlier connection must be acknowledged before newer rows go out, so order per camera is kept.
+3. paho's ``on_publish`` (PUBACK) queues the mid; the pump thread deletes the row. A row is removed only
+   when its PUBACK arrives (or the broker rejects it with an MQTT 5 failure code: counted, logged).
+4. On restart every row left on disk is sent again: delivery is at least once and subscribers dedupe by
+   event ``id``.
+
+States, snapshot and discovery are "latest wins": kept in memory, published retained, and published again
+after every reconnect. Nothing here blocks on the broker: ``start()`` returns at once (``connect_async``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgecam import EdgecamError
+from edgecam.mqtt_config import MqttConfig, MqttSecretError, install_secret_filter, mask_secrets
+from edgecam.outbox import Outbox
+from edgecam.topics import DETECTION_STATE, CommandError, Topics, check_name, discovery_config, parse_command
+
+__all__ = ["CommandCallback", "MqttConfig", "Publisher", "PublisherError"]
+
+logger = logging.getLogger(__name__)
+
+CommandCallback = Callable[[str, bytes], None]
+OUTBOX_FILE = "outbox.sqlite3"
+_RESEND_AFTER_S = 30.0  # rows from an earlier connection still unacknowledged this long after a reconnect go again
+_DROP_LOG_EVERY_S = 10.0
+_LATENCY_WINDOW = 10_000
+
+
+class PublisherError(EdgecamError):
+    """The publisher cannot start (TLS files, password, outbox); the message names the cause."""
+
+
+@dataclass
+class _Inflight:
+    """An outbox row handed to paho: which row, on which connection (``epoch``; -1 = never sent)."""
+
+    seq: int
+    epoch: int
+
+
+class Publisher:
+    """Publishes one camera's events, states, snapshots and stats to an MQTT broker.
+
+    Args:
+        cfg: Broker and topic settings.
+        camera: Camera name (one topic level).
+        state_dir: Folder for the outbox database.
+    """
+
+    def __init__(self, cfg: MqttConfig, camera: str, state_dir: Path) -> None:
+        self.cfg = cfg
+        self.camera = camera
+        self.topics = Topics(cfg.prefix, camera)
+        self.state_dir = Path(state_dir)
+        self._outbox: Outbox | None = None
+        self._client: mqtt.Client | None = None
+        self._pump: threading.Thread | None = None
+        self._lock = threading.Lock()  # epoch, _last_seq and handing rows to paho
+        self._latest_lock = threading.Lock()
+        self._acks: queue.SimpleQueue[tuple[int, ReasonCode | None]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._inflight: dict[int, _Inflight] = {}  # mid -> row; pump thread only
+        self._last_seq = 0
+        self._epoch = 0
+        self._connected = False
+        self._connected_at = 0.0
+        self._latest: dict[str, tuple[bytes, int]] = {}  # retained latest-wins messages, re-sent on connect
+        self._callbacks: list[CommandCallback] = []
+        self._t0: dict[int, float] = {}  # seq -> monotonic time the event's frame arrived
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._people: list[str] = []
+        self._counts = {"delivered": 0, "rejected": 0, "commands": 0, "bad_commands": 0}
+        self._last_error: str | None = None
+        self._drops_logged_at = 0.0
+        self._drops_unlogged = 0
+        self._state = "new"  # new -> started -> stopped
+
+    # ------------------------------------------------------------------------------------------------------------
+    # lifecycle
+
+    def start(self) -> None:
+        """Open the outbox, start paho's network thread and the pump; returns without waiting for the broker.
+
+        Raises:
+            PublisherError: The password or TLS files cannot be used, or the outbox cannot be opened.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"Publisher.start() called twice (state {self._state})")
+        install_secret_filter()
+        self._outbox = Outbox(self.state_dir / OUTBOX_FILE, self.camera, self.cfg.outbox_max_rows)
+        self._client = self._make_client()
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **self._clean())
+        self._client.loop_start()
+        self._pump = threading.Thread(target=self._pump_loop, name=f"edgecam-outbox-{self.camera}", daemon=True)
+        self._pump.start()
+        self._state = "started"
+        logger.info(
+            "MQTT: publishing camera %s to %s (%d events queued on disk)",
+            self.camera,
+            self.cfg.broker_label(),
+            self._outbox.count(),
+        )
+
+    def stop(self) -> None:
+        """Flush the outbox (up to ``flush_timeout_s``), publish ``offline``, disconnect. Safe to call twice.
+
+        Events still queued stay on disk and are sent by the next start.
+        """
+        if self._state != "started":
+            return
+        self._state = "stopped"
+        assert self._client is not None and self._outbox is not None and self._pump is not None
+        self._wait_flushed(self.cfg.flush_timeout_s)
+        self._stop.set()
+        self._wake.set()
+        self._pump.join(timeout=10)
+        if self._connected:
+            self._publish_and_wait(self.topics.availability, b"offline", retain=True, timeout=2.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._handle_acks()
+        queued = self._outbox.count()
+        self._outbox.close()
+        logger.info(
+            "MQTT: stopped; %d events delivered this run, %d queued on disk for the next start",
+            self._counts["delivered"],
+            queued,
+        )
+
+    def _wait_flushed(self, timeout: float) -> None:
+        """Wait while connected until the outbox is empty and nothing is in flight, at most ``timeout`` s."""
+        assert self._outbox is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._connected:
+            if not self._inflight and self._outbox.count() == 0:
+                return
+            self._wake.set()
+            time.sleep(0.02)
+
+    def _publish_and_wait(self, topic: str, payload: bytes, retain: bool, timeout: float) -> None:
+        """Publish with QoS 1 and wait for the PUBACK (bounded); failures are logged, not raised."""
+        assert self._client is not None
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        try:
+            info.wait_for_publish(timeout=timeout)
+        except (RuntimeError, ValueError) as exc:
+            logger.warning("MQTT: %s not published: %s", topic, exc)
+
+    def _clean(self) -> dict[str, Any]:
+        """Connect options for a clean session (the outbox, not the broker, holds what is pending)."""
+        return {"clean_start": True} if self.cfg.protocol == "5" else {}
+
+    def _make_client(self) -> mqtt.Client:
+        """A paho client with credentials, TLS, last will, backoff and our callbacks."""
+        cfg = self.cfg
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"edgecam-{self.camera}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        self._set_credentials(client)
+        self._set_tls(client)
+        client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(cfg.max_inflight + 100)  # room for states/discovery beside events
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _set_credentials(self, client: mqtt.Client) -> None:
+        try:
+            password = self.cfg.resolve_password()
+        except MqttSecretError as exc:
+            raise PublisherError(str(exc)) from None
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, password)
+        elif password:
+            logger.warning("MQTT: a password is set but mqtt.username is not; the password is not used")
+
+    def _set_tls(self, client: mqtt.Client) -> None:
+        tls = self.cfg.tls
+        if tls is None:
+            return
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca) if tls.ca else None,
+                certfile=str(tls.cert) if tls.cert else None,
+                keyfile=str(tls.key) if tls.key else None,
+            )
+        except (OSError, ValueError) as exc:
+            raise PublisherError(f"mqtt.tls: cannot load CA/certificate/key ({tls.ca}, {tls.cert}): {exc}") from None
+        client.tls_insecure_set(tls.insecure)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # public API
+
+    def publish_event(self, event: dict[str, Any], frame_time: float | None = None) -> int:
+        """Queue one event on disk for delivery with QoS ``cfg.qos`` to ``<prefix>/<camera>/events``.
+
+        Args:
+            event: JSON-serialisable dict with an ``id`` (numpy scalars and arrays are converted).
+            frame_time: ``time.monotonic()`` when the frame that produced the event arrived; the delay from it
+                to the PUBACK is the latency in ``status()``. Defaults to now.
+
+        Returns:
+            The outbox sequence number of the event.
+
+        Raises:
+            ValueError: ``event`` is not a dict with an ``id`` or not JSON-serialisable.
+            RuntimeError: The publisher is not started.
+        """
+        if not isinstance(event, dict) or "id" not in event:
+            raise ValueError(f"event must be a dict with an 'id', got {type(event).__name__}")
+        if self._state != "started" or self._outbox is None:
+            raise RuntimeError(f"publish_event on a publisher that is {self._state}")
+        t0 = time.monotonic() if frame_time is None else frame_time
+        payload = _to_json(event)
+        with self._lock:
+            seq, dropped = self._outbox.put(self.topics.events, payload, self.cfg.qos, time.time(), self._last_seq)
+            self._t0[seq] = t0
+        if dropped:
+            self._note_drops(dropped)
+        self._wake.set()
+        return seq
+
+    def publish_snapshot(self, jpeg: bytes) -> None:
+        """Publish a JPEG (the best crop) retained to ``<prefix>/<camera>/snapshot``.
+
+        Raises:
+            ValueError: ``jpeg`` does not start with the JPEG magic bytes.
+        """
+        if not isinstance(jpeg, bytes | bytearray) or bytes(jpeg[:3]) != b"\xff\xd8\xff":
+            raise ValueError("snapshot must be JPEG bytes (FF D8 FF ...)")
+        self._publish_latest(self.topics.snapshot, bytes(jpeg), qos=0)
+
+    def publish_state(self, name: str, value: bool | int | float | str) -> None:
+        """Publish a retained state to ``<prefix>/<camera>/<name>`` when it changed (bool -> ON/OFF).
+
+        Args:
+            name: ``face`` (faces in view), ``detection``, or an enrolled person's name.
+            value: The state; booleans become ``ON``/``OFF``.
+
+        Raises:
+            ValueError: ``name`` is not one topic level or is reserved.
+            TypeError: ``value`` is not a bool, number or string.
+        """
+        topic = self.topics.state(name)
+        if isinstance(value, bool | np.bool_):
+            text = "ON" if value else "OFF"
+        elif isinstance(value, int | float | str | np.integer | np.floating):
+            text = str(value)
+        else:
+            raise TypeError(f"state {name!r}: value of type {type(value).__name__} (want bool, number or str)")
+        self._publish_latest(topic, text.encode("utf-8"), qos=1)
+
+    def publish_stats(self, stats: dict[str, Any]) -> None:
+        """Publish stats JSON (plus this publisher's ``status()`` under ``mqtt``) to ``<prefix>/<camera>/stats``.
+
+        Not queued: skipped while the broker is away.
+        """
+        if not self._connected or self._client is None:
+            return
+        self._client.publish(self.topics.stats, _to_json({**stats, "mqtt": self.status()}), qos=0)
+
+    def publish_discovery(self, people: list[str]) -> None:
+        """Publish (retained) the Home Assistant discovery config with a binary_sensor per enrolled person.
+
+        People dropped since the previous call are removed from Home Assistant. No-op when
+        ``cfg.discovery`` is off. A person without a published state starts as ``OFF``.
+
+        Raises:
+            ValueError: A name that is not one topic level or is reserved.
+        """
+        if not self.cfg.discovery:
+            return
+        people = [check_name(p, "person name") for p in dict.fromkeys(people)]
+        removed = [p for p in self._people if p not in people]
+        self._people = people
+        config = discovery_config(self.topics, people, removed)
+        topic = f"{self.cfg.discovery_prefix}/device/{config['dev']['ids'][0]}/config"
+        self._publish_latest(topic, _to_json(config), qos=1)
+        for person in people:
+            if self.topics.state(person) not in self._latest:
+                self.publish_state(person, False)
+
+    def on_command(self, callback: CommandCallback) -> None:
+        """Call ``callback(command, payload)`` for every valid command (from paho's network thread: be quick).
+
+        ``command`` is ``detection`` (payload ``b"ON"``/``b"OFF"``), ``snapshot`` (``b""``) or ``enroll``
+        (the person name, only when ``mqtt.allow_enroll``). Invalid commands are logged and never reach it.
+        After a detection command the new state is echoed to ``<prefix>/<camera>/detection``.
+        """
+        self._callbacks.append(callback)
+
+    def status(self) -> dict[str, Any]:
+        """Connection and delivery figures: connected, queued, inflight, delivered, dropped, latency, ..."""
+        queued = dropped = 0
+        if self._outbox is not None and self._state == "started":
+            queued, dropped = self._outbox.count(), self._outbox.dropped()
+        lat = np.array(self._latencies, dtype=np.float64) * 1000.0
+        return {
+            "connected": self._connected,
+            "broker": self.cfg.broker_label(),
+            "queued": queued,
+            "inflight": len(self._inflight),
+            "dropped": dropped,
+            **self._counts,
+            "last_error": self._last_error,
+            "latency_ms": {
+                "n": int(lat.size),
+                "p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+                "p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            },
+        }
+
+    # ------------------------------------------------------------------------------------------------------------
+    # paho callbacks (network thread): short, never block on a lock held while calling paho
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
+        if reason.is_failure:
+            self._note_error(f"broker {self.cfg.broker_label()} refused the connection: {reason}")
+            return
+        with self._lock:
+            self._epoch += 1
+            self._connected = True
+            self._connected_at = time.monotonic()
+        self._last_error = None
+        _set_nodelay(client)
+        logger.info("MQTT: connected to %s", self.cfg.broker_label())
+        client.publish(self.topics.availability, b"online", qos=1, retain=True)
+        with self._latest_lock:
+            latest = list(self._latest.items())
+        for topic, (payload, qos) in latest:
+            client.publish(topic, payload, qos=qos, retain=True)
+        client.subscribe(self.topics.commands, qos=1)
+        if self.cfg.discovery:
+            client.subscribe(f"{self.cfg.discovery_prefix}/status", qos=1)
+        self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        exc = sys.exc_info()[1]  # paho calls this from inside its `except OSError` block
+        self._note_error(f"cannot connect to {self.cfg.broker_label()}: {exc or 'connection failed'}")
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        was_connected, self._connected = self._connected, False
+        self._wake.set()
+        if was_connected and self._state == "started":
+            logger.warning(
+                "MQTT: disconnected from %s (%s); events queue on disk until it is back",
+                self.cfg.broker_label(),
+                reason,
+            )
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        self._acks.put((mid, reason))
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self._counts["bad_commands"] += 1
+            logger.warning("MQTT: ignored a message with a non-UTF-8 topic")
+            return
+        if topic == f"{self.cfg.discovery_prefix}/status":
+            self._on_ha_status(bytes(msg.payload))
+            return
+        command = self.topics.command_name(topic)
+        if command is not None:
+            self._dispatch_command(command, bytes(msg.payload))
+
+    def _on_ha_status(self, payload: bytes) -> None:
+        """Home Assistant came (back) online: send discovery and states again."""
+        if payload.strip() != b"online" or self._client is None:
+            return
+        with self._latest_lock:
+            latest = list(self._latest.items())
+        for topic, (data, qos) in latest:
+            self._client.publish(topic, data, qos=qos, retain=True)
+
+    def _dispatch_command(self, command: str, payload: bytes) -> None:
+        """Validate a command and hand it to the callbacks; a bad one is logged and ignored."""
+        try:
+            value = parse_command(command, payload, self.cfg.allow_enroll)
+        except CommandError as exc:
+            self._counts["bad_commands"] += 1
+            logger.warning("MQTT: ignored command %s/set/%s: %s", self.topics.base, command[:60], exc)
+            return
+        self._counts["commands"] += 1
+        logger.info("MQTT: command %s %r", command, value)
+        ok = True
+        for callback in list(self._callbacks):
+            try:
+                callback(command, value)
+            except Exception:
+                ok = False
+                logger.exception("MQTT: command callback failed for %s", command)
+        if ok and command == DETECTION_STATE:
+            self.publish_state(DETECTION_STATE, value.decode())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the outbox pump (its own thread)
+
+    def _pump_loop(self) -> None:
+        """Move PUBACKs into outbox deletes and hand new rows to paho, until stopped."""
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            try:
+                self._handle_acks()
+                self._resend_stuck()
+                self._send_more()
+            except Exception:
+                logger.exception("MQTT: outbox pump error; retrying")
+                self._stop.wait(1.0)
+
+    def _handle_acks(self) -> None:
+        """Delete the rows whose PUBACK arrived; count deliveries, rejections and latency."""
+        assert self._outbox is not None
+        done: list[int] = []
+        now = time.monotonic()
+        while True:
+            try:
+                mid, reason = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            row = self._inflight.pop(mid, None)
+            if row is None:
+                continue  # a state, snapshot or discovery message
+            done.append(row.seq)
+            t0 = self._t0.pop(row.seq, None)
+            if reason is not None and reason.is_failure:
+                self._counts["rejected"] += 1
+                self._note_error(f"broker rejected event row {row.seq} on {self.topics.events}: {reason}")
+            else:
+                self._counts["delivered"] += 1
+                if t0 is not None:
+                    self._latencies.append(now - t0)
+        self._outbox.delete(done)
+        if len(self._t0) > 2 * self.cfg.outbox_max_rows:  # rows dropped for room never get a PUBACK
+            self._t0.clear()
+
+    def _resend_stuck(self) -> None:
+        """Safety net: rows from an earlier connection still unacknowledged long after a reconnect go again."""
+        with self._lock:
+            if not self._connected or time.monotonic() - self._connected_at < _RESEND_AFTER_S:
+                return
+            stale = [row.seq for row in self._inflight.values() if row.epoch != self._epoch]
+            if not stale:
+                return
+            logger.warning("MQTT: %d events unacknowledged since the reconnect; sending them again", len(stale))
+            self._inflight.clear()
+            self._last_seq = min(stale) - 1
+
+    def _send_more(self) -> None:
+        """Hand the next rows to paho while connected, keeping at most ``max_inflight`` awaiting PUBACK."""
+        assert self._outbox is not None and self._client is not None
+        with self._lock:
+            if not self._connected or self._stop.is_set():
+                return
+            if any(row.epoch != self._epoch for row in self._inflight.values()):
+                return  # paho re-sends those first; newer rows wait so order is kept
+            free = self.cfg.max_inflight - len(self._inflight)
+            for row in self._outbox.after(self._last_seq, free) if free > 0 else []:
+                info = self._client.publish(row.topic, row.payload, qos=row.qos)
+                if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                    break
+                epoch = self._epoch if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else -1
+                self._inflight[info.mid] = _Inflight(row.seq, epoch)
+                self._last_seq = row.seq
+
+    # ------------------------------------------------------------------------------------------------------------
+    # helpers
+
+    def _publish_latest(self, topic: str, payload: bytes, qos: int) -> None:
+        """Remember a retained latest-wins message and publish it now if connected and changed."""
+        with self._latest_lock:
+            if self._latest.get(topic) == (payload, qos):
+                return
+            self._latest[topic] = (payload, qos)
+        if self._connected and self._client is not None:
+            self._client.publish(topic, payload, qos=qos, retain=True)
+
+    def _note_error(self, message: str) -> None:
+        """Log a connection/delivery problem once (ERROR), repeats at DEBUG; kept for ``status()``."""
+        message = mask_secrets(message)
+        if message != self._last_error:
+            logger.error("MQTT: %s", message)
+        else:
+            logger.debug("MQTT: %s", message)
+        self._last_error = message
+
+    def _note_drops(self, n: int) -> None:
+        """Count events dropped for room and log them, at most every few seconds."""
+        self._drops_unlogged += n
+        now = time.monotonic()
+        if now - self._drops_logged_at >= _DROP_LOG_EVERY_S:
+            assert self._outbox is not None
+            logger.warning(
+                "MQTT: outbox full (%d rows): dropped %d oldest events (%d in total)",
+                self.cfg.outbox_max_rows,
+                self._drops_unlogged,
+                self._outbox.dropped(),
+            )
+            self._drops_logged_at, self._drops_unlogged = now, 0
+
+
+def _json_default(obj: Any) -> Any:
+    """numpy scalars and arrays as Python values."""
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _to_json(obj: Any) -> bytes:
+    """Compact JSON bytes; raises ValueError for what JSON cannot hold."""
+    try:
+        return json.dumps(obj, default=_json_default, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not JSON-serialisable: {exc}") from None
+
+
+def _set_nodelay(client: mqtt.Client) -> None:
+    """Send small packets at once (no Nagle delay): events are small and latency matters."""
+    sock: Any = client.socket()
+    try:
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
