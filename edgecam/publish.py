@@ -44,6 +44,7 @@ from edgecam.topics import DETECTION_STATE, CommandError, Topics, check_name, di
 __all__ = ["CommandCallback", "MqttConfig", "Publisher", "PublisherError"]
 
 logger = logging.getLogger(__name__)
+_paho_logger = logging.getLogger(f"{__name__}.paho")
 
 CommandCallback = Callable[[str, bytes], None]
 OUTBOX_FILE = "outbox.sqlite3"
@@ -98,6 +99,8 @@ class Publisher:
         self._people: list[str] = []
         self._counts = {"delivered": 0, "rejected": 0, "commands": 0, "bad_commands": 0}
         self._last_error: str | None = None
+        self._paho_error: str | None = None
+        self._refused = False
         self._drops_logged_at = 0.0
         self._drops_unlogged = 0
         self._state = "new"  # new -> started -> stopped
@@ -187,7 +190,7 @@ class Publisher:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else True,
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.on_log = self._on_log
         self._set_credentials(client)
         self._set_tls(client)
         client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
@@ -352,13 +355,14 @@ class Publisher:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         if reason.is_failure:
+            self._refused = True  # the disconnect that follows says nothing new
             self._note_error(f"broker {self.cfg.broker_label()} refused the connection: {reason}")
             return
         with self._lock:
             self._epoch += 1
             self._connected = True
             self._connected_at = time.monotonic()
-        self._last_error = None
+        self._last_error = self._paho_error = None
         _set_nodelay(client)
         logger.info("MQTT: connected to %s", self.cfg.broker_label())
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
@@ -380,12 +384,23 @@ class Publisher:
     ) -> None:
         was_connected, self._connected = self._connected, False
         self._wake.set()
-        if was_connected and self._state == "started":
+        if self._state != "started":
+            return
+        if was_connected:
             logger.warning(
                 "MQTT: disconnected from %s (%s); events queue on disk until it is back",
                 self.cfg.broker_label(),
                 reason,
             )
+        elif not self._refused:  # closed before a CONNACK, e.g. TLS: the broker wants a client certificate
+            self._note_error(f"connection to {self.cfg.broker_label()} failed: {self._paho_error or reason}")
+        self._refused = False
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, message: str) -> None:
+        """paho's own messages at DEBUG (they repeat on every retry); the last error explains a failed connect."""
+        if level == mqtt.MQTT_LOG_ERR:
+            self._paho_error = message
+        _paho_logger.debug("%s", message)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         self._acks.put((mid, reason))

@@ -175,12 +175,16 @@ class Collector:
     port: int
     topics: list[str]
     client_id: str = field(default_factory=lambda: f"collector-{uuid.uuid4().hex[:8]}")
+    username: str | None = None
+    password: str | None = None
     messages: list[Message] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
         self.connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False)
+        if self.username:
+            self.client.username_pw_set(self.username, self.password)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
