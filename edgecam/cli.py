@@ -152,7 +152,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edgecam.bench import print_table, run_bench
 
     cfg = _load_config(args)
-    result = run_bench(cfg, Path(args.video), frames=args.frames, threads=args.threads)
+    result = run_bench(cfg, Path(args.video), frames=args.frames, threads=args.threads, repeat=args.repeat)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip to replay (default: the bundled clip)")
     p.add_argument("--frames", type=int, default=0, help="stop after this many frames, 0 = whole clip "
                    "(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="inference threads (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="passes over the clip (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="inference and OpenCV threads (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: table)")
     _add_runtime_options(p, config_required=False)
     p.set_defaults(func=cmd_bench)

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from edgecam import EdgecamError
-from edgecam.logs import mask_credentials
+from edgecam.mqtt_config import MqttConfig, config_from_url, mask_secrets
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_KEYS = ("password", "secret", "token", "key")
@@ -65,7 +65,7 @@ def _model_ref(value: str, info: ValidationInfo) -> str:
     from edgecam.manifest import ModelError, resolve_model_dir
 
     base = (info.context or {}).get("base")
-    if base is not None and ("/" in value or value.startswith(".")) and not Path(value).is_absolute():
+    if base is not None and not Path(value).is_absolute() and (Path(base) / value).is_dir():
         value = str(Path(base) / value)
     try:
         resolve_model_dir(value)
@@ -241,6 +241,7 @@ class Config(Section):
     recognizer: RecognizerConfig | None = Field(default=None, description="recognizer (none: faces are unknown)")
     tracker: TrackerConfig = Field(default_factory=TrackerConfig, description="tracker and events")
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="best-face snapshot")
+    mqtt: MqttConfig | None = Field(default=None, description="MQTT broker (none: events as JSON lines on stdout)")
     state_dir: RelPath = Field(default_factory=_default_state_dir, description="outbox and state "
                                "(default: $STATE_DIRECTORY or ~/.local/state/edgecam)")
     stats_interval_s: float = Field(default=30.0, ge=1, le=86400, description="seconds between stats messages")
@@ -279,7 +280,7 @@ def _show(loc: tuple[str | int, ...], value: Any) -> str:
     if any(s in str(part).lower() for part in loc for s in _SECRET_KEYS):
         return "***"
     text = "(missing)" if value is None else repr(value) if isinstance(value, str) else str(value)
-    text = mask_credentials(text)
+    text = mask_secrets(text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -343,13 +344,15 @@ def load_config(path: Path | None) -> Config:
 
 
 def apply_overrides(cfg: Config, mqtt_url: str | None = None, camera: str | None = None) -> Config:
-    """``cfg`` with the command line's ``--camera`` and ``--mqtt`` applied (validated like the file)."""
-    data = cfg.model_dump()
+    """``cfg`` with the command line's ``--camera`` and ``--mqtt`` applied (each validated like the file)."""
+    if camera is None and mqtt_url is None:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
     if camera is not None:
-        data["camera"]["name"] = camera
+        try:
+            cfg.camera.name = camera
+        except ValidationError as e:
+            raise ConfigError([f"--camera {camera!r}: {err['msg']}" for err in e.errors()]) from None
     if mqtt_url is not None:
-        raise ConfigError([f"--mqtt {mask_credentials(mqtt_url)}: MQTT is not available in this build"])
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error("command line", e)) from None
+        cfg.mqtt = config_from_url(mqtt_url, cfg.mqtt)
+    return cfg

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from edgecam.cli import main
-from edgecam.logs import MaskCredentials
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,11 +58,18 @@ def test_internal_error_is_exit_1(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert "internal error" in err and "kaput" in err
 
 
-def test_credentials_are_masked_in_logs() -> None:
+def test_credentials_are_masked_in_logs(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
-    url = "mqtts://bob:hunter2@host:8883"
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "connecting to %s", (url,), None)
-    MaskCredentials().filter(record)
-    assert "hunter2" not in record.getMessage()
-    assert "mqtts://bob:***@host:8883" in record.getMessage()
+    from edgecam.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        setup_logging("info")
+        logging.getLogger("edgecam.test").info("connecting to %s", "mqtts://bob:hunter2@host:8883")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "mqtts://bob:***@host:8883" in err

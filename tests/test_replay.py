@@ -1,0 +1,128 @@
+"""End to end: the bundled clip through the real CLI and the shipped detector (events, determinism, SIGTERM,
+bad media, bench)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecam import MODELS_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO / "edgecam" / "data" / "corridor.mp4"
+needs_detector = pytest.mark.skipif(not (MODELS_DIR / "face_detector" / "model.json").exists(),
+                                    reason="the face detector is not shipped yet (edgecam/models/face_detector)")
+
+
+def edgecam(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgecam", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+def events_of(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def check_lifecycles(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Every track: 'new' first with seq 0, then updates, 'end' last; seq contiguous; one camera/label."""
+    by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        by_id[e["id"]].append(e)
+    for track_id, evs in by_id.items():
+        kinds = [e["type"] for e in evs]
+        assert kinds[0] == "new" and kinds[-1] == "end" and set(kinds[1:-1]) <= {"update"}, (track_id, kinds)
+        assert [e["seq"] for e in evs] == list(range(len(evs)))
+        assert len({(e["camera"], e["label"], e["start"]) for e in evs}) == 1
+        assert evs[-1]["end"] >= evs[0]["start"] and all(e["end"] is None for e in evs[:-1])
+    return by_id
+
+
+def test_bundled_clip_is_small_and_readable() -> None:
+    import cv2
+
+    assert CLIP.stat().st_size < 1_500_000
+    cap = cv2.VideoCapture(str(CLIP))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 76 and (REPO / "edgecam" / "data" / "ATTRIBUTION.md").exists()
+
+
+@needs_detector
+def test_replay_clip_events_to_stdout_and_file(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    r = edgecam("replay", str(CLIP), "--events", str(out))
+    assert r.returncode == 0, r.stderr
+    events = events_of(r.stdout)
+    assert events == events_of(out.read_text())
+    tracks = check_lifecycles(events)
+    assert tracks, "the corridor clip has people walking toward the camera: expected at least one face track"
+    new = next(e for e in events if e["type"] == "new")
+    assert new["camera"] == "camera" and new["label"] == "face" and new["identity"] == "unknown"
+    assert new["snapshot"] is not None and len(new["box"]) == 4
+
+
+@needs_detector
+def test_replays_are_identical_ids_aside() -> None:
+    runs = []
+    for _ in range(2):
+        r = edgecam("replay", str(CLIP), "--camera", "corridor")
+        assert r.returncode == 0, r.stderr
+        runs.append([{k: v for k, v in e.items() if k != "id"} for e in events_of(r.stdout)])
+    assert runs[0] == runs[1] and runs[0]
+    assert all(e["camera"] == "corridor" for e in runs[0])
+
+
+@needs_detector
+def test_sigterm_stops_cleanly_and_ends_open_tracks() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "edgecam", "replay", str(CLIP), "--speed", "realtime"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    time.sleep(3.5)  # models loaded, part of the 6 s clip played
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - t0 < 5
+    assert "SIGTERM" in err
+    events = events_of(out)
+    if events:
+        check_lifecycles(events)  # every open track got its 'end'
+
+
+@pytest.mark.parametrize(("name", "content"), [("text.mp4", b"this is a text file\n" * 20), ("empty.mp4", b"")])
+def test_replay_bad_media_is_one_line_exit_2(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    r = edgecam("replay", str(path))
+    assert r.returncode == 2 and name in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_replay_missing_video_exit_2(tmp_path: Path) -> None:
+    r = edgecam("replay", str(tmp_path / "gone.mp4"))
+    assert r.returncode == 2 and "gone.mp4: no such video file" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_detector
+def test_bench_json_figures() -> None:
+    r = edgecam("bench", "--frames", "30", "--repeat", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    b = json.loads(r.stdout)
+    assert b["frames"] == 30 and b["fps"] > 0 and b["peak_rss_mb"] > 10
+    assert {"source", "motion", "detect"} <= set(b["stage_ms"])
+    assert 0 <= b["frames_skipped_motion"] <= 30 and 0 <= b["recognizer_pixel_fraction"] < 1
+
+
+@needs_detector
+def test_bench_table() -> None:
+    r = edgecam("bench", "--frames", "10", "--repeat", "1")
+    assert r.returncode == 0, r.stderr
+    assert "frames/s" in r.stdout and "peak RSS" in r.stdout and "detect" in r.stdout
