@@ -5,7 +5,8 @@ Losses on embeddings (any model that maps a batch to (B, D) vectors; the teacher
 - ``embedding_loss``: 1 - cos(student, teacher), the student reproduces the teacher's direction;
 - ``relational_loss``: MSE between the student's and the teacher's (B, B) cosine-similarity matrices, so
   the student keeps the teacher's geometry between faces (relational KD, Park et al. 2019);
-- ``CosFace``: large-margin cosine loss on identity labels, for the student trained without a teacher.
+- ``CosFace``: large-margin cosine loss on identity labels, for the student trained without a teacher;
+- ``kl_loss``: Hinton et al.'s softened-logit distillation for a classifier (with ``w_ce`` on labels).
 
 ``train`` runs AdamW with linear warm-up and cosine decay, checkpoints (whole model: pruned or factorised
 models change structure) every ``ckpt_every`` steps and resumes from the checkpoint if it exists, so a long
@@ -45,6 +46,9 @@ class DistillConfig:
     w_cos: float = 1.0  # weight of 1 - cos(student, teacher)
     w_rel: float = 1.0  # weight of the pairwise-similarity (relational) loss
     w_label: float = 0.0  # weight of the CosFace identity loss (needs labels)
+    w_kl: float = 0.0  # weight of KL(teacher || student) on softened logits (classifier distillation)
+    w_ce: float = 0.0  # weight of cross-entropy of the model's logits on labels (classifier)
+    temperature: float = 4.0  # softening temperature of the KL term
     classes: int = 0  # identity classes for CosFace (0: no label loss)
     margin: float = 0.35  # CosFace margin
     scale: float = 30.0  # CosFace scale
@@ -64,6 +68,12 @@ def relational_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     gs, gt = s @ s.T, t @ t.T
     off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
     return F.mse_loss(gs[off], gt[off])
+
+
+def kl_loss(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(t / T) || softmax(s / T)) * T^2 (Hinton et al. 2015)."""
+    return F.kl_div(F.log_softmax(s / temperature, 1), F.softmax(t / temperature, 1),
+                    reduction="batchmean") * temperature**2
 
 
 class CosFace(nn.Module):
@@ -99,6 +109,10 @@ def loss_terms(model: nn.Module, head: CosFace | None, batch: Batch, cfg: Distil
         terms["rel"] = cfg.w_rel * relational_loss(s, t)
     if head is not None and y is not None and cfg.w_label > 0:
         terms["label"] = cfg.w_label * head(s, y)
+    if t is not None and cfg.w_kl > 0:
+        terms["kl"] = cfg.w_kl * kl_loss(s, t, cfg.temperature)
+    if y is not None and cfg.w_ce > 0:
+        terms["ce"] = cfg.w_ce * F.cross_entropy(s, y)
     return terms
 
 
@@ -137,7 +151,7 @@ def train(model: nn.Module, batch_fn: Callable[[int], Batch], cfg: DistillConfig
         opt.step()
         seen += len(batch[0])
         if step % 20 == 0:
-            rec = {"step": step, "loss": float(loss), **{k: float(v) for k, v in terms.items()},
+            rec = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()},
                    "img_per_s": seen / max(1e-6, time.time() - t0)}
             history.append(rec)
             bar.set_postfix({k: f"{v:.4f}" for k, v in rec.items() if k != "step"})
@@ -181,4 +195,4 @@ def _out_dim(model: nn.Module) -> int:
 def _input_shape(model: nn.Module) -> tuple[int, int, int]:
     cfg = getattr(model, "cfg", None)
     size = getattr(cfg, "input_size", 112)
-    return (3, size, size)
+    return (getattr(cfg, "in_chans", 3), size, size)

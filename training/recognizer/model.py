@@ -55,6 +55,8 @@ class NetConfig:
     head: str = "flatten"  # "flatten" (SFace) | "lowrank" (per-channel low-rank of flatten) | "gdc"
     head_rank: int = 1  # features per channel for head="lowrank"
     pw_ranks: tuple[int, ...] = field(default_factory=tuple)  # per block: 0 = full 1x1 conv, r = two 1x1 of rank r
+    in_chans: int = 3  # 3 = RGB crops, 1 = grey
+    classes: int = 0  # > 0: a closed-set classifier (logits) after the embedding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +117,7 @@ class FaceMobileNet(nn.Module):
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
-        self.stem = ConvBnAct(3, cfg.stem, 3, cfg.stem_stride)
+        self.stem = ConvBnAct(cfg.in_chans, cfg.stem, 3, cfg.stem_stride)
         ranks = list(cfg.pw_ranks) or [0] * len(cfg.blocks)
         blocks, cin = [], cfg.stem
         for (cout, stride), rank in zip(cfg.blocks, ranks, strict=True):
@@ -138,14 +140,15 @@ class FaceMobileNet(nn.Module):
             raise ValueError(f"head '{cfg.head}' is not one of flatten, lowrank, gdc")
         self.fc = nn.Linear(head_in, cfg.emb)
         self.bn_emb = nn.BatchNorm1d(cfg.emb, eps=2e-5)
+        self.classifier = nn.Linear(cfg.emb, cfg.classes) if cfg.classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised crops -> (B, C, h, w) final feature map (after bn_feat)."""
         return self.bn_feat(self.blocks(self.stem(x)))
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        """Feature map -> (B, emb) embedding."""
-        return self.bn_emb(self.fc(self.head_spatial(f)))
+        """Feature map -> (B, emb) embedding (or (B, classes) logits for a classifier)."""
+        return self.classifier(self.bn_emb(self.fc(self.head_spatial(f))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -175,9 +178,29 @@ def mbf_small(width: float = 0.5, **overrides: object) -> FaceMobileNet:
     return FaceMobileNet(NetConfig(**cfg))  # type: ignore[arg-type]
 
 
+@register_model
+def crop_classifier(classes: int = 40, width: float = 0.25, input_size: int = 64, in_chans: int = 1,
+                    **overrides: object) -> FaceMobileNet:
+    """A closed-set crop classifier (the daemon's ``classifier`` kind): SFace's layout at a width multiplier,
+    a small grey input, a global depthwise head, a 64-d embedding and a linear classifier."""
+    blocks = tuple((max(8, int(c * width)), s) for c, s in SFACE_BLOCKS)
+    cfg = dict(stem=max(8, int(32 * width)), blocks=blocks, stem_stride=1, input_size=input_size, in_chans=in_chans,
+               head="gdc", emb=64, classes=classes)
+    cfg.update(overrides)
+    return FaceMobileNet(NetConfig(**cfg))  # type: ignore[arg-type]
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameters (BN running statistics excluded)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) input of a FaceMobileNet (3, 112, 112 for anything else)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        return (3, 112, 112)
+    return (cfg.in_chans, cfg.input_size, cfg.input_size)
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:

@@ -1,0 +1,161 @@
+"""Compression toolkit: each step gives a smaller model that still loads and runs; quantization round-trips."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.compress.distill import DistillConfig, kl_loss, load_model, relational_loss, train  # noqa: E402
+from training.compress.export import export_onnx  # noqa: E402
+from training.compress.lowrank import factorize_flatten_head, factorize_model  # noqa: E402
+from training.compress.prune import channel_groups, prune  # noqa: E402
+from training.compress.size import huffman_bytes, sizes  # noqa: E402
+from training.recognizer.model import FaceMobileNet, NetConfig, count_macs, count_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(head: str = "flatten", classes: int = 0) -> FaceMobileNet:
+    torch.manual_seed(0)
+    cfg = NetConfig(stem=8, blocks=((16, 2), (16, 1), (32, 2)), stem_stride=2, input_size=32, emb=16, head=head,
+                    head_rank=2, classes=classes)
+    m = FaceMobileNet(cfg)
+    with torch.no_grad():  # non-trivial BN statistics so pruning choices matter
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.2, 1.5)
+    return m.eval()
+
+
+def test_channel_groups_cover_every_dense_conv() -> None:
+    m = tiny()
+    groups = channel_groups(m, torch.zeros(1, 3, 32, 32))
+    names = [g.name for g in groups]
+    assert names == ["stem.0", "blocks.0.pw.0", "blocks.1.pw.0", "blocks.2.pw.0"]
+    last = groups[-1]
+    assert [type(c).__name__ for c, _ in last.consumers] == ["Linear"] and last.consumers[0][1] == 4 * 4
+
+
+@pytest.mark.parametrize("head", ["flatten", "lowrank", "gdc"])
+def test_prune_makes_a_smaller_working_model(head: str, tmp_path: Path) -> None:
+    m = tiny(head)
+    x = torch.randn(4, 3, 32, 32)
+    same = tiny(head)
+    prune(same, x[:1], [x], keep=1.0)
+    assert torch.allclose(same(x), m(x), atol=1e-5)  # keeping everything changes nothing
+    before, macs_before = count_params(m), count_macs(m, (3, 32, 32))
+    changes = prune(m, x[:1], [x], keep=0.5, multiple=4)
+    assert changes["blocks.2.pw.0"] == (32, 16)
+    assert count_params(m) < 0.6 * before and count_macs(m, (3, 32, 32)) < 0.6 * macs_before
+    assert m(x).shape == (4, 16)
+    export_onnx(m, tmp_path / "p.onnx", x)  # the pruned structure exports and onnxruntime agrees
+
+
+def test_prune_keeps_the_important_channels() -> None:
+    m = tiny()
+    with torch.no_grad():  # make channels 0..7 of the last block's output dead
+        m.blocks[2].pw[1].weight[:8] = 0
+        m.blocks[2].pw[1].bias[:8] = -50.0
+        m.blocks[2].pw[2].weight[:] = 0.0  # PReLU slope 0: negative inputs give 0
+    x = torch.randn(8, 3, 32, 32)
+    want = m(x)
+    prune(m, x[:1], [x], keep=0.75)
+    assert m.blocks[2].pw[0].out_channels == 24
+    assert torch.allclose(m(x), want, atol=1e-4)  # only dead channels went
+
+
+def test_lowrank_full_rank_is_exact_and_low_rank_is_smaller() -> None:
+    m = tiny()
+    x = torch.randn(4, 3, 32, 32)
+    want = m(x)
+    dw, fc = factorize_flatten_head(m.fc, 32, (4, 4), rank=16)  # rank = H*W: exact
+    m.head_spatial, m.fc = torch.nn.Sequential(dw, torch.nn.Flatten()), fc
+    assert torch.allclose(m(x), want, atol=1e-4)
+    before = count_params(m)
+    done = factorize_model(m, energy=0.5, min_saving=0.1)
+    assert done and count_params(m) < before
+    assert m(x).shape == (4, 16)
+
+
+@pytest.mark.slow
+def test_distill_reduces_the_loss_and_resumes(tmp_path: Path) -> None:
+    teacher, student = tiny(), tiny("gdc")
+    torch.manual_seed(1)
+    data = torch.randn(64, 3, 32, 32)
+    with torch.no_grad():
+        targets = teacher(data)
+
+    def batches(step: int) -> tuple:
+        i = torch.from_numpy(np.random.default_rng(step).choice(64, 16, replace=False))
+        return data[i], targets[i], None
+
+    def cos_to_teacher(m: torch.nn.Module) -> dict[str, float]:
+        m.eval()
+        with torch.no_grad():
+            return {"cos": float(torch.nn.functional.cosine_similarity(m(data), targets).mean())}
+
+    start = cos_to_teacher(student)["cos"]
+    cfg = DistillConfig(steps=30, lr=5e-3, warmup=3, ckpt_every=10, eval_every=0)
+    ckpt = tmp_path / "ckpt.pt"
+    model, hist = train(student, batches, cfg, ckpt, cos_to_teacher)
+    assert hist[-1]["cos"] > start + 0.2
+    more = DistillConfig(steps=40, lr=5e-3, warmup=3, ckpt_every=10, eval_every=0)
+    model2, hist2 = train(tiny("gdc"), batches, more, ckpt, cos_to_teacher)  # resumes at step 30
+    assert hist2[0]["step"] == 0 and any(h.get("step") == 40 for h in hist2)
+    assert torch.load(ckpt, weights_only=False)["step"] == 40
+    assert isinstance(load_model(ckpt), FaceMobileNet)
+
+
+def test_losses() -> None:
+    t = torch.randn(8, 16)
+    assert float(relational_loss(t, 3 * t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(relational_loss(torch.randn(8, 16), t)) > 0.01
+    assert float(kl_loss(t, t, 4.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_huffman_sizes() -> None:
+    rng = np.random.default_rng(0)
+    assert huffman_bytes(np.zeros(8000, np.uint8)) == 1000 + 1  # 1 bit per symbol + table
+    uniform = rng.integers(0, 256, 100_000).astype(np.uint8)
+    assert 99_000 < huffman_bytes(uniform) < 101_500
+    peaked = np.clip(rng.normal(128, 3, 100_000), 0, 255).astype(np.uint8)
+    assert huffman_bytes(peaked) < 0.5 * 100_000
+
+
+def test_quantize_round_trip(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "deploy"))
+    import quantize  # deploy/quantize.py
+
+    m = FaceMobileNet(NetConfig(stem=16, blocks=((64, 2), (128, 1), (128, 2)), stem_stride=2, input_size=32,
+                                emb=16, head="gdc"))  # big enough that weights, not QDQ scales, make the size
+    export_onnx(m.eval(), tmp_path / "fp32" / "m.onnx", torch.zeros(2, 3, 32, 32), "input", "embedding")
+    from edgecam.manifest import sha256_file
+
+    spec = {"name": "input", "layout": "NCHW", "color": "rgb", "size": [32, 32], "mean": [127.5] * 3,
+            "std": [128.0] * 3}
+    (tmp_path / "fp32" / "model.json").write_text(json.dumps(
+        {"name": "m", "file": "m.onnx", "sha256": sha256_file(tmp_path / "fp32" / "m.onnx"), "input": spec,
+         "output": {"type": "embedding", "dim": 16, "thresholds": {"known": 0.5, "unknown": 0.4}}}))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(40):  # smooth random images, bigger than the input: the quantizer resizes them
+        small = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+        cv2.imwrite(str(calib / f"{k}.png"), cv2.resize(small, (48, 48), interpolation=cv2.INTER_CUBIC))
+    record = quantize.run(tmp_path / "fp32", calib, tmp_path / "int8", None, 40, "minmax")
+    check = record["check"]
+    assert check["int8_bytes"] < check["fp32_bytes"]
+    assert check["cosine_mean"] > 0.95
+    from edgecam.recognize import make_recognizer
+
+    rec = make_recognizer("identity", tmp_path / "int8")  # the int8 folder is a valid model folder
+    assert rec.embed([np.zeros((32, 32, 3), np.uint8)]).shape == (1, 16)
+    assert sizes(tmp_path / "int8" / "m_int8.onnx")["huffman"] < check["int8_bytes"]

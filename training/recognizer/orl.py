@@ -1,0 +1,329 @@
+"""Second task for the same toolkit: a closed-set crop classifier of ORL's 40 people (the ``classifier`` kind).
+
+    python -m training.recognizer.orl --landmarks detector      # all stages, ~10 min on one core
+
+1. crops: every ORL image (92x112 grey, padded by 40 px so the detector sees a whole head) -> detector
+   landmarks -> aligned crops, 112x112 RGB for the teacher and 64x64 for the student; per person a seeded
+   split of the 10 images into 6 train, 2 val, 2 test.
+2. teacher: SFace embeddings + a nearest-centroid cosine classifier of the train images (logits = 10 cos).
+   Its logits on 16 augmented variants of every train image are cached for distillation.
+3. stages, all with the ``training.compress`` toolkit: student (``crop_classifier``: SFace layout at width
+   0.25, 64x64 grey input) trained on labels only; the same student distilled (KL on softened teacher
+   logits + labels); structured pruning (half the channels) + distillation; low-rank (1x1 convs by SVD
+   energy) + distillation; int8 (``deploy/quantize.py``).
+4. the unknown threshold: the softmax probability that 5 % of LFW ``calib`` faces (people not in ORL)
+   reach, so that 95 % of strangers come out ``unknown``.
+5. ``edgecam/models/orl_classifier/``: int8 ``.onnx``, ``model.json`` (labels s1..s40), card with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from edgecam.crops import align
+from edgecam.manifest import sha256_file, to_tensor
+from training.compress import report as table
+from training.compress.distill import DistillConfig, load_model, train
+from training.compress.export import export_onnx, ort_session
+from training.compress.lowrank import factorize_model
+from training.compress.prune import prune
+from training.compress.size import sizes
+from training.recognizer.data import SHARED, CropSet, central_face, detector_landmarks, yunet_landmarks
+from training.recognizer.model import count_macs, count_params, create_model, input_shape
+from training.recognizer.teacher import SFACE_PATH, OnnxTeacher
+from training.recognizer.train import augment
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE = 64
+SPEC = {"name": "input", "layout": "NCHW", "color": "gray", "size": [SIZE, SIZE], "mean": [127.5], "std": [128.0]}
+VARIANTS = 16
+COMMAND = "python -m training.recognizer.orl"
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def build_crops(root: Path, landmarks: str) -> dict[str, np.ndarray]:
+    """ORL -> aligned crops (112 RGB and 64 BGR), labels, split (0 train, 1 val, 2 test)."""
+    finder = yunet_landmarks(SHARED / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx") \
+        if landmarks == "yunet" else detector_landmarks()
+    people = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: int(d.name[1:]))
+    c112, c64, labels, split, missed = [], [], [], [], 0
+    rng = np.random.default_rng(5)
+    for k, person in enumerate(people):
+        paths = sorted(person.glob("*.pgm"), key=lambda p: int(p.stem))
+        part = np.zeros(len(paths), int)
+        order = rng.permutation(len(paths))
+        part[order[6:8]], part[order[8:]] = 1, 2
+        for p, s in zip(paths, part, strict=True):
+            bgr = cv2.copyMakeBorder(cv2.imread(str(p)), 40, 40, 40, 40, cv2.BORDER_REPLICATE)
+            lm = central_face(*finder(bgr), bgr.shape)  # type: ignore[operator]
+            if lm is None:
+                missed += 1
+                continue
+            c112.append(align(bgr, lm, 112)[:, :, ::-1])
+            c64.append(align(bgr, lm, SIZE))
+            labels.append(k)
+            split.append(s)
+    print(f"ORL: {len(labels)} crops, {missed} images without a detected face")
+    return {"c112": np.stack(c112), "c64": np.stack(c64), "labels": np.array(labels), "split": np.array(split),
+            "names": np.array([d.name for d in people])}
+
+
+def variants(c112: np.ndarray, seed: int) -> np.ndarray:
+    """(N, V, 112, 112, 3) RGB augmented copies (variant 0 is the crop itself, 1 its mirror)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(c112), VARIANTS, *c112.shape[1:]), np.uint8)
+    out[:, 0], out[:, 1] = c112, c112[:, :, ::-1]
+    for v in range(2, VARIANTS):
+        flip = rng.random(len(c112)) < 0.5
+        x = c112.copy()
+        x[flip] = x[flip, :, ::-1]
+        t = augment(x, rng, strength=0.7) * 128 + 127.5
+        out[:, v] = t.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def to_student(rgb112: np.ndarray) -> torch.Tensor:
+    """(N, 112, 112, 3) RGB uint8 -> (N, 1, 64, 64) normalised grey (as edgecam feeds the classifier)."""
+    bgr = [cv2.resize(np.ascontiguousarray(c[:, :, ::-1]), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+           for c in rgb112]
+    return torch.from_numpy(to_tensor(bgr, SPEC))
+
+
+# ---------------------------------------------------------------------------------------------- teacher
+
+
+def teacher_logits(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest-centroid cosine logits (10 cos) of L2-normalised embeddings."""
+    e = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    return 10.0 * e @ centroids.T
+
+
+def fit_teacher(d: dict[str, np.ndarray], work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Class centroids of SFace train embeddings; SFace embeddings of every variant of the train crops."""
+    cache = work / "teacher.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return z["centroids"], z["var_emb"]
+    teacher = OnnxTeacher()
+    train_idx = np.flatnonzero(d["split"] == 0)
+    var = variants(d["c112"][train_idx], seed=1)
+    var_emb = np.stack([np.concatenate([teacher(var[i:i + 1, v]) for i in range(len(var))])
+                        for v in range(VARIANTS)], 1)  # (N, V, 128)
+    e = var_emb[:, :2] / np.linalg.norm(var_emb[:, :2], axis=-1, keepdims=True)
+    lab = d["labels"][train_idx]
+    centroids = np.stack([e[lab == k].reshape(-1, e.shape[-1]).mean(0) for k in range(lab.max() + 1)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    np.savez(cache, centroids=centroids, var_emb=var_emb)
+    return centroids, var_emb
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+class OrlBatches:
+    """Per-step batches of cached variants: student input, teacher logits, labels."""
+
+    def __init__(self, var: np.ndarray, logits: np.ndarray | None, labels: np.ndarray, batch: int = 32):
+        self.var, self.logits, self.labels, self.batch = var, logits, labels, batch
+        n, v = var.shape[:2]
+        self.x = to_student(var.reshape(n * v, *var.shape[2:])).reshape(n, v, 1, SIZE, SIZE)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        rng = np.random.default_rng([9, step])
+        i = rng.integers(len(self.var), size=self.batch)
+        v = rng.integers(VARIANTS, size=self.batch)
+        x = self.x[i, v]
+        gain = torch.from_numpy(rng.uniform(0.8, 1.2, (self.batch, 1, 1, 1))).float()
+        x = x * gain + torch.from_numpy(rng.uniform(-0.15, 0.15, (self.batch, 1, 1, 1))).float()
+        t = torch.from_numpy(self.logits[i, v]).float() if self.logits is not None else None
+        return x, t, torch.from_numpy(self.labels[i])
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
+    model.eval()
+    return float((model(x).argmax(1).numpy() == y).mean())
+
+
+def run_stage(name: str, model: torch.nn.Module, batches: OrlBatches, work: Path, steps: int, kd: bool,
+              val: tuple[torch.Tensor, np.ndarray]) -> torch.nn.Module:
+    cfg = DistillConfig(steps=steps, lr=3e-3, warmup=min(50, steps // 10), w_cos=0, w_rel=0,
+                        w_kl=1.0 if kd else 0.0, w_ce=1.0, ckpt_every=200, eval_every=0)
+    model, _ = train(model, batches, cfg, work / name / "ckpt.pt",
+                     lambda m: {"val_acc": accuracy(m, *val)}, {"stage": name})
+    return model
+
+
+def export(model: torch.nn.Module, path: Path) -> None:
+    export_onnx(model, path, torch.zeros(2, *input_shape(model)), "input", "logits")
+
+
+def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    s = ort_session(path)
+    return np.concatenate([s.run(None, {"input": x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+
+
+def ms_per_crop(path: Path, x: np.ndarray, n: int = 200) -> float:
+    import time
+
+    s = ort_session(path)
+    for _ in range(10):
+        s.run(None, {"input": x[:1]})
+    t = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        s.run(None, {"input": x[:1]})
+        t.append(time.perf_counter() - t0)
+    return float(np.median(t) * 1000)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--landmarks", choices=["detector", "yunet"], default="detector",
+                    help="landmark source (default: detector, the runtime path)")
+    ap.add_argument("--data", type=Path, default=REPO / "runs/recognizer/data",
+                    help="face crop set with LFW calib people, for the unknown threshold (default: %(default)s)")
+    ap.add_argument("--work", type=Path, default=REPO / "runs/orl", help="run folder (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=REPO / "edgecam/models/orl_classifier",
+                    help="model folder to write (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=600, help="steps per training stage (default: 600)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    # 1. crops and split
+    cache = args.work / f"crops_{args.landmarks}.npz"
+    if not cache.exists():
+        np.savez(cache, **build_crops(SHARED / "data/identity/orl", args.landmarks))
+    d = dict(np.load(cache))
+    tr, va, te = (np.flatnonzero(d["split"] == s) for s in (0, 1, 2))
+    x_val, x_test = to_student(d["c112"][va]), to_student(d["c112"][te])
+    y_val, y_test = d["labels"][va], d["labels"][te]
+
+    # 2. teacher: SFace + centroids; logits of the cached variants
+    centroids, var_emb = fit_teacher(d, args.work)
+    var = variants(d["c112"][tr], seed=1)
+    t_logits = teacher_logits(var_emb, centroids)
+    sface = OnnxTeacher()
+    t_test = teacher_logits(np.concatenate([sface(d["c112"][i:i + 1]) for i in te]), centroids)
+    classes = len(d["names"])
+
+    # 3. stages
+    kd_batches = OrlBatches(var, t_logits, d["labels"][tr])
+    val = (x_val, y_val)
+    stages: dict[str, torch.nn.Module] = {}
+    stages["labels"] = run_stage("labels", create_model("crop_classifier", classes=classes), kd_batches,
+                                 args.work, args.steps, False, val)
+    stages["kd"] = run_stage("kd", create_model("crop_classifier", classes=classes), kd_batches, args.work,
+                             args.steps, True, val)
+    calib = [x_val[:64]]
+    if not (args.work / "prune/ckpt.pt").exists():
+        m = load_model(args.work / "kd/ckpt.pt")
+        prune(m, x_val[:2], calib, 0.5)
+    else:
+        m = load_model(args.work / "prune/ckpt.pt")
+    stages["prune"] = run_stage("prune", m, kd_batches, args.work, args.steps // 2, True, val)
+    if not (args.work / "lowrank/ckpt.pt").exists():
+        m = load_model(args.work / "prune/ckpt.pt")
+        factorize_model(m, energy=0.9, min_saving=0.2, skip=("classifier",))
+    else:
+        m = load_model(args.work / "lowrank/ckpt.pt")
+    stages["lowrank"] = run_stage("lowrank", m, kd_batches, args.work, args.steps // 2, True, val)
+
+    # 4. export, int8, figures
+    onnx_dir = args.work / "onnx"
+    for k, m in stages.items():
+        export(m.eval(), onnx_dir / k / f"orl_{k}.onnx")
+    fp32_dir = onnx_dir / "lowrank"
+    (fp32_dir / "model.json").write_text(json.dumps(manifest(fp32_dir / "orl_lowrank.onnx", 0.5, d["names"], {})))
+    calib_dir = args.work / "calib_crops"
+    shutil.rmtree(calib_dir, ignore_errors=True)
+    calib_dir.mkdir()
+    for i in tr:
+        cv2.imwrite(str(calib_dir / f"{i:04d}.png"), d["c64"][i])
+    subprocess.run([sys.executable, str(REPO / "deploy/quantize.py"), str(fp32_dir), "--calib", str(calib_dir),
+                    "--out", str(onnx_dir / "int8"), "--name", "orl_classifier.onnx"], check=True)
+    int8 = onnx_dir / "int8" / "orl_classifier.onnx"
+    files = {"student, labels only": onnx_dir / "labels/orl_labels.onnx", "student + KD": onnx_dir / "kd/orl_kd.onnx",
+             "+ pruning": onnx_dir / "prune/orl_prune.onnx", "+ low-rank": fp32_dir / "orl_lowrank.onnx",
+             "+ int8 (shipped)": int8}
+    xt = x_test.numpy()
+    rows = [{"stage": "teacher: SFace + centroids", "top1": float((t_test.argmax(1) == y_test).mean()),
+             "file": SFACE_PATH.stat().st_size, "note": "SFace int8bq file + 40x128 centroids"}]
+    for name, path in files.items():
+        rows.append({"stage": name, **sizes(path), "top1": float((onnx_logits(path, xt).argmax(1) == y_test).mean()),
+                     "ms": ms_per_crop(path, xt)})
+    for r, key in zip(rows[1:], ["labels", "kd", "prune", "lowrank", "lowrank"], strict=True):
+        r["params"], r["macs"] = count_params(stages[key]), count_macs(stages[key], input_shape(stages[key]))
+
+    # 5. the unknown threshold from LFW calib people (strangers to ORL), and the folder
+    thr, reject = unknown_threshold(int8, args.data)
+    known = float((softmax(onnx_logits(int8, xt)).max(1) >= thr).mean())
+    rows[-1]["known_rate"] = known
+    md = table.write(rows, args.work / "report", "stages", "ORL classifier: size vs test top-1")
+    print(md)
+    write_model_folder(args.out, int8, thr, d["names"], rows, reject, known)
+    shutil.copy(args.work / "report/stages.png", args.out / "stages.png")
+
+
+def unknown_threshold(int8: Path, data_dir: Path) -> tuple[float, float]:
+    """Probability reached by 5 % of LFW calib faces (strangers); returns it and the share rejected."""
+    crops = CropSet.load(data_dir)
+    idx = crops.indices("lfw", "calib")
+    p = softmax(onnx_logits(int8, to_student(np.asarray(crops.crops[idx])).numpy())).max(1)
+    thr = float(math.ceil(np.quantile(p, 0.95) * 1000) / 1000)
+    return thr, float((p < thr).mean())
+
+
+def manifest(onnx_path: Path, thr: float, names: np.ndarray, extra: dict) -> dict:
+    return {"name": "orl_classifier", "file": onnx_path.name, "sha256": sha256_file(onnx_path), "input": SPEC,
+            "output": {"name": "logits", "type": "classifier", "activation": "softmax", "threshold": thr},
+            "labels": [str(n) for n in names], **extra}
+
+
+def write_model_folder(out: Path, int8: Path, thr: float, names: np.ndarray, rows: list[dict], reject: float,
+                       known: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(int8, out / "orl_classifier.onnx")
+    shipped = rows[-1]
+    extra = {"metrics": {"test_top1": shipped["top1"], "teacher_test_top1": rows[0]["top1"],
+                         "known_rate_at_threshold": known, "lfw_strangers_rejected": reject,
+                         "file_bytes": shipped["file"], "ms_per_crop": shipped["ms"], "params": shipped["params"],
+                         "protocol": "ORL: per person a seeded 6/2/2 train/val/test split of the 10 images; "
+                                     "threshold = softmax probability reached by 5 % of LFW calib faces",
+                         "command": COMMAND},
+             "training_data": "AT&T / ORL faces (research use, credit Olivetti Research Lab); not redistributed",
+             "license": "Apache-2.0 (weights); trained on research-only data"}
+    (out / "model.json").write_text(json.dumps(manifest(out / "orl_classifier.onnx", thr, names, extra), indent=2)
+                                    + "\n")
+    card = out / "README.md"
+    text = card.read_text() if card.exists() else ""
+    start, end = "<!-- stages:start -->", "<!-- stages:end -->"
+    if start in text and end in text:
+        md = (int8.parents[2] / "report/stages.md").read_text()
+        card.write_text(text[: text.index(start) + len(start)] + "\n" + md + text[text.index(end):])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Ship the recognizer: export the last stage to ONNX, quantize to int8, calibrate thresholds, write the folder.
+
+    python -m training.recognizer.ship --ckpt runs/recognizer/lowrank/ckpt.pt   # ~2 min
+
+1. export the checkpoint (BN folded, checked against PyTorch) to ``runs/recognizer/ship/fp32/``;
+2. write calibration crops (300 aligned training-pool crops, never the eval or calib people) as PNG;
+3. ``deploy/quantize.py``: static int8 QDQ, per-channel, checked against fp32;
+4. thresholds on the LFW ``calib`` people with the int8 model (open-set protocol of ``evaluate``):
+   ``known`` = the score that 1 % of non-enrolled probes reach, ``unknown`` = the one 5 % reach;
+5. ``edgecam/models/face_recognizer/``: ``face_recognizer.onnx`` + ``model.json``. The model card and the
+   metrics come from ``training.recognizer.report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from edgecam.manifest import sha256_file, to_tensor
+from training.compress.distill import load_model
+from training.compress.export import export_onnx, ort_session
+from training.recognizer.data import DEFAULT_OUT, CropSet
+from training.recognizer.evaluate import calibrate, embed_all, people_of
+from training.recognizer.teacher import normalize_input
+
+REPO = Path(__file__).resolve().parents[2]
+INPUT_SPEC = {"name": "input", "layout": "NCHW", "color": "rgb", "size": [112, 112],
+              "mean": [127.5, 127.5, 127.5], "std": [128.0, 128.0, 128.0]}
+
+
+def onnx_embedder(path: Path, spec: dict, threads: int = 1) -> object:
+    """(N, 112, 112, 3) RGB uint8 crops -> (N, D) outputs of an ONNX model, preprocessed as edgecam does."""
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    w, h = spec.get("size") or (112, 112)
+
+    def run(rgb: np.ndarray) -> np.ndarray:
+        bgr = [np.ascontiguousarray(c[:, :, ::-1]) for c in rgb]
+        if (w, h) != (112, 112):
+            bgr = [cv2.resize(c, (w, h), interpolation=cv2.INTER_AREA) for c in bgr]
+        return np.concatenate([sess.run(None, {name: to_tensor(bgr[i:i + 1], spec)})[0]
+                               for i in range(len(bgr))]) if spec.get("fixed_batch") else \
+            sess.run(None, {name: to_tensor(bgr, spec)})[0]
+
+    return run
+
+
+def export_checkpoint(ckpt: Path, onnx_path: Path, data: CropSet) -> float:
+    """Export a checkpoint's model to ONNX (input ``input``, output ``embedding``); returns the check diff."""
+    model = load_model(ckpt)
+    example = normalize_input(np.asarray(data.crops[:4]))
+    return export_onnx(model, onnx_path, example, "input", "embedding")
+
+
+def manifest(onnx_path: Path, thresholds: dict, extra: dict) -> dict:
+    """The recognizer's model.json content."""
+    return {"name": "face_recognizer", "file": onnx_path.name, "sha256": sha256_file(onnx_path),
+            "input": INPUT_SPEC,
+            "output": {"name": "embedding", "type": "embedding", "dim": 128, "normalize": "l2",
+                       "thresholds": thresholds},
+            "labels": [], **extra}
+
+
+def write_calib_crops(data: CropSet, folder: Path, n: int = 300) -> None:
+    """PNG crops (BGR files) from the training pool, seeded."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    pool = np.concatenate([data.indices("webfaces"), data.indices("lfw", "train")])
+    for i in np.random.default_rng(3).choice(pool, n, replace=False):
+        cv2.imwrite(str(folder / f"{i:06d}.png"), np.asarray(data.crops[i])[:, :, ::-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", type=Path, default=REPO / "runs/recognizer/lowrank/ckpt.pt",
+                    help="checkpoint of the last float stage (default: %(default)s)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_OUT, help="crop folder (default: %(default)s)")
+    ap.add_argument("--work", type=Path, default=REPO / "runs/recognizer/ship", help="scratch (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=REPO / "edgecam/models/face_recognizer",
+                    help="model folder to write (default: %(default)s)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    data = CropSet.load(args.data)
+
+    # 1. export fp32
+    fp32_dir = args.work / "fp32"
+    fp32_dir.mkdir(parents=True, exist_ok=True)
+    diff = export_checkpoint(args.ckpt, fp32_dir / "face_recognizer_fp32.onnx", data)
+    placeholder = {"known": 0.5, "unknown": 0.4}
+    (fp32_dir / "model.json").write_text(json.dumps(manifest(fp32_dir / "face_recognizer_fp32.onnx", placeholder,
+                                                             {}), indent=2))
+
+    # 2-3. calibration crops, int8
+    write_calib_crops(data, args.work / "calib_crops")
+    int8_dir = args.work / "int8"
+    subprocess.run([sys.executable, str(REPO / "deploy/quantize.py"), str(fp32_dir), "--calib",
+                    str(args.work / "calib_crops"), "--out", str(int8_dir), "--name", "face_recognizer.onnx"],
+                   check=True)
+    quant = json.loads((int8_dir / "model.json").read_text())["quantization"]
+
+    # 4. thresholds on the calib people with the int8 model
+    int8 = int8_dir / "face_recognizer.onnx"
+    people = people_of("calib", data)
+    idx = np.array(sorted({i for v in people.values() for i in v}))
+    emb = embed_all(onnx_embedder(int8, INPUT_SPEC), data.crops, idx)  # type: ignore[arg-type]
+    thr = calibrate(emb, people)
+    thresholds = {"known": round(thr["known"], 4), "unknown": round(thr["unknown"], 4),
+                  "calibration": f"LFW calib people ({len(people)}, disjoint from training and eval): known = "
+                                 "score reached by 1 % of non-enrolled probes, unknown = by 5 %",
+                  "command": "python -m training.recognizer.ship"}
+
+    # 5. the model folder (metrics and card are added by training.recognizer.report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(int8, args.out / "face_recognizer.onnx")
+    old = json.loads((args.out / "model.json").read_text()) if (args.out / "model.json").exists() else {}
+    extra = {"quantization": quant, "export_check_max_abs_diff": diff,
+             "metrics": old.get("metrics", {}),
+             "training_data": "distilled from SFace on aligned crops of Caltech WebFaces (all 10,524 labelled "
+                              "faces) and LFW train people (research-only data, not redistributed)",
+             "teacher": "SFace 2021dec (OpenCV Zoo, Apache-2.0)",
+             "license": "Apache-2.0 (weights derived from SFace, Apache-2.0; trained on research-only data)"}
+    m = manifest(args.out / "face_recognizer.onnx", thresholds, extra)
+    (args.out / "model.json").write_text(json.dumps(m, indent=2) + "\n")
+    print(json.dumps({"thresholds": thresholds, "quantization": quant["check"], "export_diff": diff}))
+
+
+if __name__ == "__main__":
+    main()
