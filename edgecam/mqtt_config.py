@@ -99,6 +99,9 @@ class MqttConfig(BaseModel):
     outbox_max_rows: int = Field(
         10_000, ge=10, le=10_000_000, description="Most events queued on disk per camera; oldest dropped first"
     )
+    outbox_fsync: bool = Field(
+        True, description="fsync each queued event: survives power loss; off: survives crashes only, faster on SD"
+    )
     max_inflight: int = Field(20, ge=1, le=1000, description="Events handed to the broker awaiting PUBACK at once")
     flush_timeout_s: float = Field(5.0, ge=0, le=120, description="On stop, seconds to wait for queued events")
     discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery configs (retained)")

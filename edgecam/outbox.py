@@ -7,7 +7,9 @@ camera has ``max_rows`` rows queued, the oldest rows that were not yet handed to
 first, and the drops are counted (persisted in the ``meta`` table, so the count survives restarts).
 
 Every method is thread-safe (one connection behind a lock); SQLite's own locking makes several processes
-sharing a file safe. ``synchronous=FULL`` makes a committed row survive SIGKILL and power loss alike.
+sharing a file safe. With ``fsync`` (``synchronous=FULL``) a committed row survives SIGKILL and power loss
+alike; without it (``synchronous=NORMAL``) it survives SIGKILL and crashes of the daemon, and the file is never
+corrupted, but the last rows may be lost if the power goes.
 """
 
 from __future__ import annotations
@@ -59,28 +61,29 @@ class Outbox:
         path: The SQLite file (created with its folder when missing).
         camera: The camera whose rows this instance puts, reads and bounds.
         max_rows: Most rows queued for this camera; beyond it the oldest droppable rows go.
+        fsync: Sync every commit to the storage (survives power loss; a few ms per event on SD cards).
 
     Raises:
         OutboxError: The file cannot be opened or is not an outbox database.
     """
 
-    def __init__(self, path: Path, camera: str, max_rows: int) -> None:
+    def __init__(self, path: Path, camera: str, max_rows: int, fsync: bool = True) -> None:
         if max_rows < 1:
             raise ValueError(f"outbox max_rows must be >= 1, got {max_rows}")
         self.path = Path(path)
         self.camera = camera
         self.max_rows = max_rows
         self._lock = threading.Lock()
-        self._db = self._open(self.path)
+        self._db = self._open(self.path, fsync)
 
     @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
+    def _open(path: Path, fsync: bool) -> sqlite3.Connection:
         """Open (or create) the database in WAL mode and check its schema."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             db.executescript(_SCHEMA)
             db.execute("SELECT seq, camera, topic, payload, qos, created FROM outbox LIMIT 0")
         except (sqlite3.Error, OSError) as exc:
@@ -100,14 +103,20 @@ class Outbox:
 
         Returns:
             ``(seq, dropped)``: the new row's sequence number and how many rows were dropped to make room.
+
+        Raises:
+            OutboxError: The database cannot be written (disk full, file removed, ...).
         """
-        with self._tx():
-            dropped = self._make_room(keep_after)
-            cur = self._db.execute(
-                "INSERT INTO outbox (camera, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?)",
-                (self.camera, topic, payload, qos, created),
-            )
-            seq = cur.lastrowid
+        try:
+            with self._tx():
+                dropped = self._make_room(keep_after)
+                cur = self._db.execute(
+                    "INSERT INTO outbox (camera, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?)",
+                    (self.camera, topic, payload, qos, created),
+                )
+                seq = cur.lastrowid
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: cannot queue a message: {exc}") from exc
         assert seq is not None
         return seq, dropped
 

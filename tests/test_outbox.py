@@ -57,12 +57,25 @@ def test_bound_drops_oldest_not_in_flight(tmp_path: Path) -> None:
     again.close()
 
 
-def test_wal_mode_and_integrity(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", "cam", 10)
+@pytest.mark.parametrize("fsync", [True, False])
+def test_wal_mode_sync_level_and_integrity(tmp_path: Path, fsync: bool) -> None:
+    box = Outbox(tmp_path / "o.db", "cam", 10, fsync=fsync)
     box.put("t", b"x", 1, 0.0)
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == (2 if fsync else 1)  # FULL / NORMAL
     with sqlite3.connect(tmp_path / "o.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    box.close()
+
+
+def test_write_failure_is_an_outbox_error(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", "cam", 10)
+    box._db.execute("PRAGMA query_only=ON")  # every write now fails, like a full or read-only disk
+    with pytest.raises(OutboxError, match="cannot queue"):
+        box.put("t", b"x", 1, 0.0)
+    box._db.execute("PRAGMA query_only=OFF")
+    box.put("t", b"y", 1, 0.0)  # and the outbox still works afterwards
+    assert box.count() == 1
     box.close()
 
 
