@@ -100,7 +100,7 @@ class App:
         self._commands: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._states: dict[str, Any] = {}
-        self._t_start = self._t_stats = self._t_ping = 0.0
+        self._t_start = self._t_stats = self._t_ping = self._t_end = 0.0
         self._frames_at_stats = 0
         self._ready = False
 
@@ -238,6 +238,7 @@ class App:
             if frame is not None:
                 self._emit(self.pipeline.finish(frame), time.monotonic())
                 self._publish_states()
+            self._t_end = time.monotonic()
             self._done.set()
 
     def _handle(self, frame: Frame, arrived: float) -> None:
@@ -382,7 +383,7 @@ class App:
     def stats(self) -> dict[str, Any]:
         """Pipeline, source and publisher figures as one JSON-ready dict."""
         assert self.pipeline is not None
-        out = self.pipeline.stats(time.monotonic() - self._t_start)
+        out = self.pipeline.stats((self._t_end or time.monotonic()) - self._t_start)
         if self.source is not None:
             s = self.source.stats
             out["source"] = {"frames": s.frames, "dropped": s.dropped, "bad_frames": s.bad_frames,
@@ -390,7 +391,7 @@ class App:
         if self.publisher is not None:
             st = self.publisher.status()
             out.update(queue_depth=st.get("queued", 0), dropped_events=st.get("dropped", 0),
-                       broker_connected=bool(st.get("connected")))
+                       broker_connected=bool(st.get("connected")), latency_ms=st.get("latency_ms"))
         return out
 
 
@@ -425,11 +426,10 @@ def run_app(app: App) -> dict[str, Any]:
         try:
             app.wait()
         finally:
-            stats = app.stats() if app.pipeline is not None else {}
             app.stop()
     if app.error is not None:
         raise app.error
-    return stats
+    return app.stats()
 
 
 def replay(cfg: Config, video: Path, speed: str = "max", events_path: Path | None = None,

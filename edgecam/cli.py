@@ -117,6 +117,8 @@ def _load_config(args: argparse.Namespace) -> Any:
     from edgecam.config import apply_overrides, load_config
 
     cfg = load_config(Path(args.config)) if args.config else load_config(None)
+    if args.log_level is None:
+        logging.getLogger().setLevel(cfg.logging.level.upper())
     return apply_overrides(cfg, mqtt_url=args.mqtt, camera=args.camera)
 
 
@@ -184,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand of DESIGN.md."""
     parser = argparse.ArgumentParser(prog="edgecam", description="Selective-attention face events for cameras.")
     parser.add_argument("--version", action="version", version=f"edgecam {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="log level on stderr (default: %(default)s)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log level on stderr (default: the config's logging.level, else info)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("detect", help="detect faces in images")
@@ -263,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, map errors to exit codes (0 ok, 2 user error, 1 other)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "info")
     if args.log_level != "debug":  # ffmpeg and OpenCV print to stderr directly; our errors say what failed
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")

@@ -104,6 +104,16 @@ class OpenCVSourceConfig(LiveSourceConfig):
 
     type: Literal["opencv"] = "opencv"
     device: int | str = Field(default=0, description="USB camera index, RTSP/HTTP URL or file path")
+
+    @field_validator("device")
+    @classmethod
+    def _relative_file(cls, v: int | str, info: ValidationInfo) -> int | str:
+        """A relative file path is relative to the config file, like every other path."""
+        if isinstance(v, str) and "://" not in v and not Path(v).is_absolute():
+            base = (info.context or {}).get("base")
+            if base is not None and (Path(base) / v).exists():
+                return str(Path(base) / v)
+        return v
     width: int | None = Field(default=None, ge=16, le=7680, description="requested frame width (default: the camera's)")
     height: int | None = Field(default=None, ge=16, le=4320,
                                description="requested frame height (default: the camera's)")

@@ -196,3 +196,21 @@ def test_check_config_cli_prints_every_problem_and_exits_2(tmp_path: Path) -> No
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{p}: ") for line in lines)
     assert "Traceback" not in r.stderr
+
+
+def test_opencv_file_device_is_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    cfg = parse_config({"camera": {"source": {"type": "opencv", "device": "clip.mp4"}}}, "c", tmp_path)
+    assert cfg.camera.source.device == str(tmp_path / "clip.mp4")  # type: ignore[union-attr]
+    cfg = parse_config({"camera": {"source": {"type": "opencv", "device": "rtsp://cam/stream"}}}, "c", tmp_path)
+    assert cfg.camera.source.device == "rtsp://cam/stream"  # type: ignore[union-attr]
+
+
+def test_overrides_camera_and_mqtt() -> None:
+    from edgecam.config import apply_overrides
+
+    cfg = apply_overrides(parse_config({}), mqtt_url="mqtt://bob@broker.lan:1884", camera="porch")
+    assert cfg.camera.name == "porch" and cfg.mqtt is not None
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.username) == ("broker.lan", 1884, "bob")
+    with pytest.raises(ConfigError, match="--camera"):
+        apply_overrides(cfg, camera="bad name")
