@@ -200,14 +200,13 @@ class RecognizerConfig(Section):
     type: Literal["identity", "classifier"] = Field(default="identity",
                                                     description="embedding+gallery, or ONNX classifier")
     model: ModelRef = Field(default="face_recognizer", description="shipped model name or model folder")
-    gallery: ExistingFile | None = Field(default=None, description="enrolled gallery file (type identity)")
+    gallery: ExistingFile | None = Field(default=None, description="enrolled gallery file (type identity; none: "
+                                                                  "nobody enrolled, every face unknown)")
     threads: int = Field(default=1, ge=0, le=64, description="inference threads (0: onnxruntime decides)")
     max_votes: int = Field(default=10, ge=1, le=10000, description="stop recognizing a track after this many votes")
 
     @model_validator(mode="after")
-    def _gallery_for_identity(self) -> RecognizerConfig:
-        if self.type == "identity" and self.gallery is None:
-            raise ValueError("type identity needs a gallery (create one with 'edgecam enroll')")
+    def _gallery_only_for_identity(self) -> RecognizerConfig:
         if self.type == "classifier" and self.gallery is not None:
             raise ValueError("type classifier takes no gallery")
         return self

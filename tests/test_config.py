@@ -101,8 +101,6 @@ def test_missing_model_folder() -> None:
 
 
 def test_contradictions() -> None:
-    [line] = problems({"recognizer": {"type": "identity"}})
-    assert "recognizer" in line and "needs a gallery" in line
     [line] = problems({"camera": {"source": {"type": "opencv", "reconnect_initial_s": 10, "reconnect_max_s": 1}}})
     assert line.startswith("cfg.yaml: camera.source: ") and "reconnect_max_s" in line
 
