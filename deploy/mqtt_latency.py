@@ -39,6 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "edgecam" / "data" / "corridor.mp4"
+_ACK_LINE = re.compile(r"PUBACK ([\d.]+) ms after its frame")
 _STOP_LINE = re.compile(r"(\d+) events delivered this run \(frame to PUBACK p50 ([\d.]+|None) ms, p99 ([\d.]+|None)")
 
 
@@ -85,15 +86,17 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def run_replay(port: int, clip: Path, repeat: int, camera: str) -> dict[str, Any]:
+def run_replay(port: int, clip: Path, repeat: int, camera: str, config: Path | None) -> dict[str, Any]:
     """3a. Replay the clip through the real CLI; parse the publisher's latency line from its log."""
     sub = Subscriber(port, f"edgecam/{camera}/events")
     runs = []
+    samples: list[float] = []
     for i in range(repeat):
         with tempfile.TemporaryDirectory() as state:
             env = {**os.environ, "STATE_DIRECTORY": state}
-            cmd = [sys.executable, "-m", "edgecam", "replay", str(clip), "--speed", "realtime",
+            cmd = [sys.executable, "-m", "edgecam", "--log-level", "debug", "replay", str(clip), "--speed", "realtime",
                    "--mqtt", f"mqtt://127.0.0.1:{port}", "--camera", camera]  # fmt: skip
+            cmd += ["--config", str(config)] if config else []
             t0 = time.monotonic()
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
             wall = time.monotonic() - t0
@@ -101,11 +104,21 @@ def run_replay(port: int, clip: Path, repeat: int, camera: str) -> dict[str, Any
         if proc.returncode != 0 or match is None:
             raise SystemExit(f"replay {i} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         delivered, p50, p99 = int(match.group(1)), match.group(2), match.group(3)
+        samples += [float(ms) for ms in _ACK_LINE.findall(proc.stderr)]
         runs.append({"delivered": delivered, "p50_ms": _num(p50), "p99_ms": _num(p99), "wall_s": round(wall, 2)})
         print(f"replay {i + 1}/{repeat}: {delivered} events, p50 {p50} ms, p99 {p99} ms, {wall:.1f} s", flush=True)
     time.sleep(1.0)
     sub.stop()
-    return {"runs": runs, "received_ids": len(sub.ids), "unique_ids": len(set(sub.ids))}
+    lat = np.array(samples)
+    return {
+        "events": int(lat.size),
+        "p50_ms": round(float(np.percentile(lat, 50)), 3),
+        "p90_ms": round(float(np.percentile(lat, 90)), 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3),
+        "max_ms": round(float(lat.max()), 3),
+        "received_messages": len(sub.ids),
+        "runs": runs,
+    }
 
 
 def run_synthetic(port: int, n: int, rate: float, camera: str, fsync: bool) -> dict[str, Any]:
@@ -153,6 +166,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=["replay", "synthetic"], default="replay", help="(default: %(default)s)")
     ap.add_argument("--clip", type=Path, default=CLIP, help="video for replay mode (default: the bundled clip)")
+    ap.add_argument("--config", type=Path, default=None, help="edgecam config for replay mode (default: none)")
     ap.add_argument("--repeat", type=int, default=3, help="replays (default: %(default)s)")
     ap.add_argument("--events", type=int, default=2000, help="synthetic events (default: %(default)s)")
     ap.add_argument("--rate", type=float, default=50.0, help="synthetic events per second (default: %(default)s)")
@@ -164,7 +178,7 @@ def main() -> int:
         broker, port = start_mosquitto(Path(work))
         try:
             if args.mode == "replay":
-                result = run_replay(port, args.clip, args.repeat, "latency")
+                result = run_replay(port, args.clip, args.repeat, "latency", args.config)
             else:
                 result = run_synthetic(port, args.events, args.rate, "latency", not args.no_fsync)
         finally:

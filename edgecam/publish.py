@@ -492,6 +492,7 @@ class Publisher:
                 self._counts["delivered"] += 1
                 if t0 is not None:
                     self._latencies.append(t_ack - t0)
+                    logger.debug("MQTT: event row %d PUBACK %.3f ms after its frame", row.seq, (t_ack - t0) * 1e3)
         self._outbox.delete(done)
         if len(self._t0) > 2 * self.cfg.outbox_max_rows:  # rows dropped for room never get a PUBACK
             self._t0.clear()
