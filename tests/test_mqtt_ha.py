@@ -32,10 +32,12 @@ def pub(broker: Broker, tmp_path: Path) -> Any:
 
 
 def test_discovery_config_retained_and_complete(pub: Publisher, collector: Callable[..., Collector]) -> None:
+    sub = collector(["homeassistant/#", f"edgecam/{CAM}/+"])
     pub.publish_discovery(["alice", "Bob Smith", "alice"])
-    sub = collector(["homeassistant/#", f"edgecam/{CAM}/+"])  # subscribes after: gets the retained copies
-    msg = sub.wait_count(DISCOVERY, 1)[0]
-    assert msg.retain
+    assert sub.wait_count(DISCOVERY, 1)
+    late = collector([DISCOVERY])  # subscribes after: gets the retained copy
+    msg = late.wait_count(DISCOVERY, 1)[0]
+    assert msg.retain and msg.payload == sub.on(DISCOVERY)[0].payload
     cfg = json.loads(msg.payload)
     assert cfg["dev"]["ids"] == [device_id(CAM)] and cfg["dev"]["name"] and cfg["o"]["name"] == "edgecam"
     assert cfg["availability"][0]["topic"] == "edgecam/availability"
