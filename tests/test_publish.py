@@ -70,11 +70,12 @@ def publisher_factory(tmp_path: Path) -> Any:
         p.stop()
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_events_delivered_in_order_and_rows_deleted_on_puback(
-    broker: Broker, collector: Callable[..., Collector], publisher_factory: Any, tmp_path: Path
+    broker: Broker, collector: Callable[..., Collector], publisher_factory: Any, tmp_path: Path, protocol: str
 ) -> None:
     sub = collector(["edgecam/#"])
-    pub = publisher_factory(broker.port)
+    pub = publisher_factory(broker.port, protocol=protocol)
     assert wait_until(lambda: pub.status()["connected"], 10)
     for i in range(50):
         pub.publish_event(event(i))
@@ -128,11 +129,12 @@ def test_broker_down_at_start_then_appears(
         sub.stop()
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_broker_restarts_mid_stream_every_event_arrives_in_order(
-    broker: Broker, collector: Callable[..., Collector], publisher_factory: Any
+    broker: Broker, collector: Callable[..., Collector], publisher_factory: Any, protocol: str
 ) -> None:
     sub = collector([EVENTS])
-    pub = publisher_factory(broker.port)
+    pub = publisher_factory(broker.port, protocol=protocol)
     assert wait_until(lambda: pub.status()["connected"], 10)
     n = 300
     done = threading.Event()
