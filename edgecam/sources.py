@@ -31,7 +31,13 @@ import numpy as np
 from edgecam import EdgecamError
 
 if TYPE_CHECKING:
-    from edgecam.config import OpenCVSourceConfig, PiCamera2SourceConfig, ReplaySourceConfig, SourceConfig
+    from edgecam.config import (
+        LiveSourceConfig,
+        OpenCVSourceConfig,
+        PiCamera2SourceConfig,
+        ReplaySourceConfig,
+        SourceConfig,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +178,11 @@ class Backoff:
 
     initial_s: float = 0.5
     max_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, cfg: LiveSourceConfig) -> Backoff:
+        """The backoff of a live ``camera.source`` section."""
+        return cls(cfg.reconnect_initial_s, cfg.reconnect_max_s)
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` consecutive failures (1, 2, ...)."""
@@ -340,8 +351,7 @@ class OpenCVSource(LiveSource):
     @classmethod
     def from_config(cls, cfg: OpenCVSourceConfig) -> OpenCVSource:
         """Build from a ``camera.source`` section with ``type: opencv``."""
-        return cls(cfg.device, cfg.width, cfg.height, cfg.fps, cfg.stall_timeout_s,
-                   Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s))
+        return cls(cfg.device, cfg.width, cfg.height, cfg.fps, cfg.stall_timeout_s, Backoff.from_config(cfg))
 
     @property
     def description(self) -> str:
@@ -403,8 +413,7 @@ class PiCamera2Source(LiveSource):
     @classmethod
     def from_config(cls, cfg: PiCamera2SourceConfig) -> PiCamera2Source:
         """Build from a ``camera.source`` section with ``type: picamera2``."""
-        return cls(cfg.camera_num, cfg.width, cfg.height, cfg.fps, cfg.stall_timeout_s,
-                   Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s))
+        return cls(cfg.camera_num, cfg.width, cfg.height, cfg.fps, cfg.stall_timeout_s, Backoff.from_config(cfg))
 
     @property
     def description(self) -> str:
