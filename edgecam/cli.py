@@ -129,7 +129,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     events = Path(args.events) if args.events else None
     stats = replay(cfg, Path(args.video), speed=args.speed, events_path=events)
-    logger.info("replay done: %s", stats)
+    logger.info("replay done: %d frames at %.1f frames/s, %d skipped by motion, %d detector runs, %d faces, "
+                "%d events", stats["frames"], stats["fps"], stats["frames_skipped_motion"], stats["detector_runs"],
+                stats["faces"], stats["events"])
+    logger.debug("replay stats: %s", json.dumps(stats))
     return 0
 
 
