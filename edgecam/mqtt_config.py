@@ -104,6 +104,9 @@ class MqttConfig(BaseModel):
     )
     max_inflight: int = Field(20, ge=1, le=1000, description="Events handed to the broker awaiting PUBACK at once")
     flush_timeout_s: float = Field(5.0, ge=0, le=120, description="On stop, seconds to wait for queued events")
+    availability_per_camera: bool = Field(
+        False, description="Availability (last will) on <prefix>/<camera>/availability, for cameras sharing a prefix"
+    )
     discovery: bool = Field(True, description="Publish Home Assistant MQTT discovery configs (retained)")
     discovery_prefix: str = Field("homeassistant", min_length=1, max_length=100, description="HA discovery prefix")
     reconnect_min_s: float = Field(1.0, ge=0.1, le=60, description="First reconnect delay; doubles per failure")

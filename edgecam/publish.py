@@ -77,7 +77,7 @@ class Publisher:
     def __init__(self, cfg: MqttConfig, camera: str, state_dir: Path) -> None:
         self.cfg = cfg
         self.camera = camera
-        self.topics = Topics(cfg.prefix, camera)
+        self.topics = Topics(cfg.prefix, camera, cfg.availability_per_camera)
         self.state_dir = Path(state_dir)
         self._outbox: Outbox | None = None
         self._client: mqtt.Client | None = None

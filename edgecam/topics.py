@@ -3,6 +3,8 @@
 Topics (``<prefix>`` default ``edgecam``)::
 
     <prefix>/availability              online | offline       retained, last will
+                                                              (<prefix>/<camera>/availability with
+                                                              mqtt.availability_per_camera)
     <prefix>/<camera>/events           event JSON             QoS 1, through the on-disk outbox
     <prefix>/<camera>/snapshot         JPEG of the best crop  retained
     <prefix>/<camera>/stats            stats JSON             periodic
@@ -69,13 +71,15 @@ class Topics:
 
     prefix: str
     camera: str
+    per_camera_availability: bool = False
 
     def __post_init__(self) -> None:
         check_name(self.camera, "camera name")
 
     @property
     def availability(self) -> str:
-        return f"{self.prefix}/availability"
+        """``<prefix>/availability``, or ``<prefix>/<camera>/availability`` when several cameras share a prefix."""
+        return f"{self.base}/availability" if self.per_camera_availability else f"{self.prefix}/availability"
 
     @property
     def base(self) -> str:

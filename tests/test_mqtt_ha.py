@@ -63,6 +63,19 @@ def test_discovery_config_retained_and_complete(pub: Publisher, collector: Calla
     assert len(gone) == 1 and len(cmps) == 7
 
 
+def test_availability_per_camera(broker: Broker, collector: Callable[..., Collector], tmp_path: Path) -> None:
+    sub = collector(["edgecam/#", "homeassistant/#"])
+    p = Publisher(make_cfg(broker.port, availability_per_camera=True), CAM, tmp_path)
+    p.start()
+    p.publish_discovery([])
+    assert wait_until(lambda: p.status()["connected"], 10)
+    p.stop()
+    assert [m.payload for m in sub.wait_count(f"edgecam/{CAM}/availability", 2)] == [b"online", b"offline"]
+    assert not sub.on("edgecam/availability")
+    cfg = json.loads(sub.wait_count(DISCOVERY, 1)[0].payload)
+    assert cfg["availability"][0]["topic"] == f"edgecam/{CAM}/availability"
+
+
 def test_discovery_off(broker: Broker, collector: Callable[..., Collector], tmp_path: Path) -> None:
     p = Publisher(make_cfg(broker.port, discovery=False), CAM, tmp_path)
     p.start()
