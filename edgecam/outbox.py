@@ -1,5 +1,8 @@
 """The on-disk outbox: every event is written here first and leaves only when the broker acknowledged it.
 
+``Outbox`` is the storage; ``OutboxSender`` hands its rows to the MQTT client in order and deletes them on
+PUBACK.
+
 paho-mqtt keeps unacknowledged messages only in memory, so a daemon killed during a broker outage would lose
 them. The outbox is a SQLite database in WAL mode in the state directory: one row per message, ordered by an
 autoincrement ``seq``; rows carry the camera so several daemons may share one file. It is bounded: when a
@@ -15,9 +18,12 @@ corrupted, but the last rows may be lost if the power goes.
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +199,150 @@ class Outbox:
                 pass  # already closed
             except sqlite3.Error as exc:
                 logger.warning("outbox %s: close failed: %s", self.path, exc)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Handing rows to the MQTT client in order
+
+PublishRow = Callable[[Row], "tuple[int, bool | None]"]
+"""Give a row to the MQTT client: ``(mid, True)`` sent, ``(mid, False)`` accepted while disconnected (the client
+sends it after connecting), ``(0, None)`` the client's queue is full (try later)."""
+
+RESEND_AFTER_S = 30.0
+"""Rows from an earlier connection still unacknowledged this long after a reconnect are sent again."""
+_LATENCY_WINDOW = 10_000
+
+
+@dataclass
+class _Inflight:
+    """A row handed to the client: which row, on which connection (``epoch``; -1 = accepted while away)."""
+
+    seq: int
+    epoch: int
+
+
+class OutboxSender:
+    """Moves outbox rows to an MQTT client in order and deletes each when its PUBACK arrives.
+
+    At most ``max_inflight`` rows await PUBACK at once, and only while connected. The client (paho) re-sends
+    what is unacknowledged after a reconnect, in order; rows handed over on an earlier connection must be
+    acknowledged before newer rows go out, so order is kept. ``put``, ``connected``, ``disconnected`` and
+    ``ack`` may be called from any thread (``ack`` never blocks: paho calls it holding its own locks);
+    ``step`` runs in one pump thread.
+
+    Args:
+        outbox: The rows.
+        max_inflight: Most rows awaiting PUBACK.
+        publish: Hands one row to the client (see ``PublishRow``).
+        on_reject: Called with ``(seq, reason)`` when the broker refuses a row (MQTT 5 failure reason code).
+    """
+
+    def __init__(
+        self, outbox: Outbox, max_inflight: int, publish: PublishRow, on_reject: Callable[[int, str], None]
+    ) -> None:
+        self.outbox = outbox
+        self.max_inflight = max_inflight
+        self._publish = publish
+        self._on_reject = on_reject
+        self._lock = threading.Lock()  # epoch, connection state, _last_seq, handing rows over
+        self._acks: queue.SimpleQueue[tuple[int, str | None, float]] = queue.SimpleQueue()
+        self._inflight: dict[int, _Inflight] = {}  # mid -> row; pump thread only (read-only elsewhere)
+        self._last_seq = 0
+        self._epoch = 0
+        self._connected = False
+        self._connected_at = 0.0
+        self._t0: dict[int, float] = {}  # seq -> monotonic time the message's frame arrived
+        self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self.delivered = 0
+        self.rejected = 0
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def put(self, topic: str, payload: bytes, qos: int, t0: float) -> tuple[int, int]:
+        """Queue a message on disk; returns ``(seq, dropped)`` (see ``Outbox.put``)."""
+        with self._lock:
+            seq, dropped = self.outbox.put(topic, payload, qos, time.time(), keep_after=self._last_seq)
+            self._t0[seq] = t0
+        return seq, dropped
+
+    def connected(self) -> None:
+        """A new connection is up (a new epoch)."""
+        with self._lock:
+            self._epoch += 1
+            self._connected = True
+            self._connected_at = time.monotonic()
+
+    def disconnected(self) -> None:
+        self._connected = False
+
+    def ack(self, mid: int, failure: str | None, t_ack: float) -> None:
+        """A PUBACK (or the send of a QoS 0 message) for ``mid``; ``failure`` is the reason when refused."""
+        self._acks.put((mid, failure, t_ack))
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing awaiting PUBACK."""
+        return not self._inflight and self.outbox.count() == 0
+
+    def step(self) -> None:
+        """Delete acknowledged rows, re-send stuck ones, hand over new ones (the pump thread's work)."""
+        self.handle_acks()
+        self._resend_stuck()
+        self._send_more()
+
+    def handle_acks(self) -> None:
+        """Delete the rows whose PUBACK arrived; count deliveries, rejections and latency."""
+        done: list[int] = []
+        while True:
+            try:
+                mid, failure, t_ack = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            row = self._inflight.pop(mid, None)
+            if row is None:
+                continue  # not a row of ours (a state, snapshot, discovery message)
+            done.append(row.seq)
+            t0 = self._t0.pop(row.seq, None)
+            if failure is not None:
+                self.rejected += 1
+                self._on_reject(row.seq, failure)
+            else:
+                self.delivered += 1
+                if t0 is not None:
+                    self.latencies.append(t_ack - t0)
+                    logger.debug("MQTT: event row %d PUBACK %.3f ms after its frame", row.seq, (t_ack - t0) * 1e3)
+        self.outbox.delete(done)
+        if len(self._t0) > 2 * self.outbox.max_rows:  # rows dropped for room never get a PUBACK
+            self._t0.clear()
+
+    def _resend_stuck(self) -> None:
+        """Safety net: rows from an earlier connection still unacknowledged long after a reconnect go again."""
+        with self._lock:
+            if not self._connected or time.monotonic() - self._connected_at < RESEND_AFTER_S:
+                return
+            stale = [row.seq for row in self._inflight.values() if row.epoch != self._epoch]
+            if not stale:
+                return
+            logger.warning("MQTT: %d events unacknowledged since the reconnect; sending them again", len(stale))
+            self._inflight.clear()
+            self._last_seq = min(stale) - 1
+
+    def _send_more(self) -> None:
+        """Hand the next rows over while connected, keeping at most ``max_inflight`` awaiting PUBACK."""
+        with self._lock:
+            if not self._connected:
+                return
+            if any(row.epoch != self._epoch for row in self._inflight.values()):
+                return  # the client re-sends those first; newer rows wait so order is kept
+            free = self.max_inflight - len(self._inflight)
+            for row in self.outbox.after(self._last_seq, free) if free > 0 else []:
+                mid, sent = self._publish(row)
+                if sent is None:
+                    break
+                self._inflight[mid] = _Inflight(row.seq, self._epoch if sent else -1)
+                self._last_seq = row.seq

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgecam import EdgecamError
 from edgecam.mqtt_config import MqttConfig, MqttSecretError, install_secret_filter, mask_secrets
-from edgecam.outbox import Outbox
+from edgecam.outbox import Outbox, OutboxSender, Row
 from edgecam.topics import DETECTION_STATE, CommandError, Topics, check_name, discovery_config, parse_command
 
 __all__ = ["CommandCallback", "MqttConfig", "Publisher", "PublisherError"]
@@ -48,21 +45,11 @@ _paho_logger = logging.getLogger(f"{__name__}.paho")
 
 CommandCallback = Callable[[str, bytes], None]
 OUTBOX_FILE = "outbox.sqlite3"
-_RESEND_AFTER_S = 30.0  # rows from an earlier connection still unacknowledged this long after a reconnect go again
 _DROP_LOG_EVERY_S = 10.0
-_LATENCY_WINDOW = 10_000
 
 
 class PublisherError(EdgecamError):
     """The publisher cannot start (TLS files, password, outbox); the message names the cause."""
-
-
-@dataclass
-class _Inflight:
-    """An outbox row handed to paho: which row, on which connection (``epoch``; -1 = never sent)."""
-
-    seq: int
-    epoch: int
 
 
 class Publisher:
@@ -80,24 +67,16 @@ class Publisher:
         self.topics = Topics(cfg.prefix, camera, cfg.availability_per_camera)
         self.state_dir = Path(state_dir)
         self._outbox: Outbox | None = None
+        self._sender: OutboxSender | None = None
         self._client: mqtt.Client | None = None
         self._pump: threading.Thread | None = None
-        self._lock = threading.Lock()  # epoch, _last_seq and handing rows to paho
         self._latest_lock = threading.Lock()
-        self._acks: queue.SimpleQueue[tuple[int, ReasonCode | None, float]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._inflight: dict[int, _Inflight] = {}  # mid -> row; pump thread only
-        self._last_seq = 0
-        self._epoch = 0
-        self._connected = False
-        self._connected_at = 0.0
         self._latest: dict[str, tuple[bytes, int]] = {}  # retained latest-wins messages, re-sent on connect
         self._callbacks: list[CommandCallback] = []
-        self._t0: dict[int, float] = {}  # seq -> monotonic time the event's frame arrived
-        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._people: list[str] = []
-        self._counts = {"delivered": 0, "rejected": 0, "commands": 0, "bad_commands": 0}
+        self._counts = {"commands": 0, "bad_commands": 0}
         self._last_error: str | None = None
         self._paho_error: str | None = None
         self._refused = False
@@ -120,6 +99,7 @@ class Publisher:
         self._outbox = Outbox(
             self.state_dir / OUTBOX_FILE, self.camera, self.cfg.outbox_max_rows, fsync=self.cfg.outbox_fsync
         )
+        self._sender = OutboxSender(self._outbox, self.cfg.max_inflight, self._publish_row, self._on_reject)
         self._client = self._make_client()
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **self._clean())
         self._client.loop_start()
@@ -141,23 +121,23 @@ class Publisher:
         if self._state != "started":
             return
         self._state = "stopped"
-        assert self._client is not None and self._outbox is not None and self._pump is not None
+        assert self._client is not None and self._sender is not None and self._pump is not None
         self._wait_flushed(self.cfg.flush_timeout_s)
         self._stop.set()
         self._wake.set()
         self._pump.join(timeout=10)
-        if self._connected:
+        if self._sender.is_connected:
             self._publish_and_wait(self.topics.availability, b"offline", retain=True, timeout=2.0)
         self._client.disconnect()
         self._client.loop_stop()
-        self._handle_acks()
-        queued = self._outbox.count()
-        self._outbox.close()
+        self._sender.handle_acks()
+        queued = self._sender.outbox.count()
+        self._sender.outbox.close()
         lat = self.status()["latency_ms"]
         logger.info(
             "MQTT: stopped; %d events delivered this run (frame to PUBACK p50 %s ms, p99 %s ms), "
             "%d queued on disk for the next start",
-            self._counts["delivered"],
+            self._sender.delivered,
             lat["p50"],
             lat["p99"],
             queued,
@@ -165,10 +145,10 @@ class Publisher:
 
     def _wait_flushed(self, timeout: float) -> None:
         """Wait while connected until the outbox is empty and nothing is in flight, at most ``timeout`` s."""
-        assert self._outbox is not None
+        assert self._sender is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._connected:
-            if not self._inflight and self._outbox.count() == 0:
+        while time.monotonic() < deadline and self._sender.is_connected:
+            if self._sender.idle():
                 return
             self._wake.set()
             time.sleep(0.02)
@@ -254,13 +234,10 @@ class Publisher:
         """
         if not isinstance(event, dict) or "id" not in event:
             raise ValueError(f"event must be a dict with an 'id', got {type(event).__name__}")
-        if self._state != "started" or self._outbox is None:
+        if self._state != "started" or self._sender is None:
             raise RuntimeError(f"publish_event on a publisher that is {self._state}")
         t0 = time.monotonic() if frame_time is None else frame_time
-        payload = _to_json(event)
-        with self._lock:
-            seq, dropped = self._outbox.put(self.topics.events, payload, self.cfg.qos, time.time(), self._last_seq)
-            self._t0[seq] = t0
+        seq, dropped = self._sender.put(self.topics.events, _to_json(event), self.cfg.qos, t0)
         if dropped:
             self._note_drops(dropped)
         self._wake.set()
@@ -301,7 +278,7 @@ class Publisher:
 
         Not queued: skipped while the broker is away.
         """
-        if not self._connected or self._client is None:
+        if not self._is_connected() or self._client is None:
             return
         self._client.publish(self.topics.stats, _to_json({**stats, "mqtt": self.status()}), qos=0)
 
@@ -338,15 +315,18 @@ class Publisher:
     def status(self) -> dict[str, Any]:
         """Connection and delivery figures: connected, queued, inflight, delivered, dropped, latency, ..."""
         queued = dropped = 0
-        if self._outbox is not None and self._state == "started":
-            queued, dropped = self._outbox.count(), self._outbox.dropped()
-        lat = np.array(self._latencies, dtype=np.float64) * 1000.0
+        sender = self._sender
+        if sender is not None and self._state == "started":
+            queued, dropped = sender.outbox.count(), sender.outbox.dropped()
+        lat = np.array(sender.latencies if sender else [], dtype=np.float64) * 1000.0
         return {
-            "connected": self._connected,
+            "connected": self._is_connected(),
             "broker": self.cfg.broker_label(),
             "queued": queued,
-            "inflight": len(self._inflight),
+            "inflight": sender.inflight if sender else 0,
             "dropped": dropped,
+            "delivered": sender.delivered if sender else 0,
+            "rejected": sender.rejected if sender else 0,
             **self._counts,
             "last_error": self._last_error,
             "latency_ms": {
@@ -364,18 +344,14 @@ class Publisher:
             self._refused = True  # the disconnect that follows says nothing new
             self._note_error(f"broker {self.cfg.broker_label()} refused the connection: {reason}")
             return
-        with self._lock:
-            self._epoch += 1
-            self._connected = True
-            self._connected_at = time.monotonic()
+        assert self._sender is not None
         self._last_error = self._paho_error = None
         _set_nodelay(client)
         logger.info("MQTT: connected to %s", self.cfg.broker_label())
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
-        with self._latest_lock:
-            latest = list(self._latest.items())
-        for topic, (payload, qos) in latest:
-            client.publish(topic, payload, qos=qos, retain=True)
+        with self._latest_lock:  # states set meanwhile go out after these, never before (no stale retained value)
+            self._sender.connected()
+            self._republish_latest(client)
         client.subscribe(self.topics.commands, qos=1)
         if self.cfg.discovery:
             client.subscribe(f"{self.cfg.discovery_prefix}/status", qos=1)
@@ -388,7 +364,9 @@ class Publisher:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
-        was_connected, self._connected = self._connected, False
+        assert self._sender is not None
+        was_connected = self._sender.is_connected
+        self._sender.disconnected()
         self._wake.set()
         if self._state != "started":
             return
@@ -409,7 +387,8 @@ class Publisher:
         _paho_logger.debug("%s", message)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
-        self._acks.put((mid, reason, time.monotonic()))
+        assert self._sender is not None
+        self._sender.ack(mid, str(reason) if reason.is_failure else None, time.monotonic())
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -431,9 +410,7 @@ class Publisher:
         if payload.strip() != b"online" or self._client is None:
             return
         with self._latest_lock:
-            latest = list(self._latest.items())
-        for topic, (data, qos) in latest:
-            self._client.publish(topic, data, qos=qos, retain=True)
+            self._republish_latest(self._client)
 
     def _dispatch_command(self, command: str, payload: bytes) -> None:
         """Validate a command and hand it to the callbacks; a bad one is logged and ignored."""
@@ -460,71 +437,26 @@ class Publisher:
 
     def _pump_loop(self) -> None:
         """Move PUBACKs into outbox deletes and hand new rows to paho, until stopped."""
+        assert self._sender is not None
         while not self._stop.is_set():
             self._wake.wait(timeout=0.5)
             self._wake.clear()
             try:
-                self._handle_acks()
-                self._resend_stuck()
-                self._send_more()
+                self._sender.step()
             except Exception:
                 logger.exception("MQTT: outbox pump error; retrying")
                 self._stop.wait(1.0)
 
-    def _handle_acks(self) -> None:
-        """Delete the rows whose PUBACK arrived; count deliveries, rejections and latency."""
-        assert self._outbox is not None
-        done: list[int] = []
-        while True:
-            try:
-                mid, reason, t_ack = self._acks.get_nowait()
-            except queue.Empty:
-                break
-            row = self._inflight.pop(mid, None)
-            if row is None:
-                continue  # a state, snapshot or discovery message
-            done.append(row.seq)
-            t0 = self._t0.pop(row.seq, None)
-            if reason is not None and reason.is_failure:
-                self._counts["rejected"] += 1
-                self._note_error(f"broker rejected event row {row.seq} on {self.topics.events}: {reason}")
-            else:
-                self._counts["delivered"] += 1
-                if t0 is not None:
-                    self._latencies.append(t_ack - t0)
-                    logger.debug("MQTT: event row %d PUBACK %.3f ms after its frame", row.seq, (t_ack - t0) * 1e3)
-        self._outbox.delete(done)
-        if len(self._t0) > 2 * self.cfg.outbox_max_rows:  # rows dropped for room never get a PUBACK
-            self._t0.clear()
+    def _publish_row(self, row: Row) -> tuple[int, bool | None]:
+        """Hand one outbox row to paho (``OutboxSender``'s ``publish``)."""
+        assert self._client is not None
+        info = self._client.publish(row.topic, row.payload, qos=row.qos)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            return 0, None
+        return info.mid, info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _resend_stuck(self) -> None:
-        """Safety net: rows from an earlier connection still unacknowledged long after a reconnect go again."""
-        with self._lock:
-            if not self._connected or time.monotonic() - self._connected_at < _RESEND_AFTER_S:
-                return
-            stale = [row.seq for row in self._inflight.values() if row.epoch != self._epoch]
-            if not stale:
-                return
-            logger.warning("MQTT: %d events unacknowledged since the reconnect; sending them again", len(stale))
-            self._inflight.clear()
-            self._last_seq = min(stale) - 1
-
-    def _send_more(self) -> None:
-        """Hand the next rows to paho while connected, keeping at most ``max_inflight`` awaiting PUBACK."""
-        assert self._outbox is not None and self._client is not None
-        with self._lock:
-            if not self._connected or self._stop.is_set():
-                return
-            if any(row.epoch != self._epoch for row in self._inflight.values()):
-                return  # paho re-sends those first; newer rows wait so order is kept
-            free = self.cfg.max_inflight - len(self._inflight)
-            for row in self._outbox.after(self._last_seq, free) if free > 0 else []:
-                info = self._client.publish(row.topic, row.payload, qos=row.qos)
-                if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                    break
-                epoch = self._epoch if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else -1
-                self._inflight[info.mid] = _Inflight(row.seq, epoch)
-                self._last_seq = row.seq
+    def _on_reject(self, seq: int, reason: str) -> None:
+        self._note_error(f"broker rejected event row {seq} on {self.topics.events}: {reason}")
 
     # ------------------------------------------------------------------------------------------------------------
     # helpers
@@ -535,8 +467,16 @@ class Publisher:
             if self._latest.get(topic) == (payload, qos):
                 return
             self._latest[topic] = (payload, qos)
-        if self._connected and self._client is not None:
-            self._client.publish(topic, payload, qos=qos, retain=True)
+            if self._is_connected() and self._client is not None:
+                self._client.publish(topic, payload, qos=qos, retain=True)
+
+    def _republish_latest(self, client: mqtt.Client) -> None:
+        """Publish every latest-wins message again (caller holds ``_latest_lock``)."""
+        for topic, (payload, qos) in self._latest.items():
+            client.publish(topic, payload, qos=qos, retain=True)
+
+    def _is_connected(self) -> bool:
+        return self._sender is not None and self._sender.is_connected
 
     def _note_error(self, message: str) -> None:
         """Log a connection/delivery problem once (ERROR), repeats at DEBUG; kept for ``status()``."""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecam.outbox import Outbox, OutboxError
+import edgecam.outbox as outbox_module
+from edgecam.outbox import Outbox, OutboxError, OutboxSender
 
 
 def test_put_after_delete_in_order(tmp_path: Path) -> None:
@@ -155,3 +156,92 @@ def test_sigkill_mid_write_never_corrupts_or_loses_committed_rows(tmp_path: Path
         on_disk.pop()
     assert len(on_disk) >= 50 and on_disk == acked[-len(on_disk) :]
     box.close()
+
+
+class FakeClient:
+    """Stands in for paho: records what the sender hands over; ``mode`` decides the answer."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes]] = []  # (mid, payload)
+        self.mode: bool | None = True
+        self.next_mid = 0
+
+    def publish(self, row: object) -> tuple[int, bool | None]:
+        if self.mode is None:
+            return 0, None
+        self.next_mid += 1
+        self.sent.append((self.next_mid, row.payload))  # type: ignore[attr-defined]
+        return self.next_mid, self.mode
+
+
+def make_sender(tmp_path: Path, n: int, max_inflight: int = 3) -> tuple[OutboxSender, FakeClient, list[int]]:
+    client, rejected = FakeClient(), []
+    sender = OutboxSender(Outbox(tmp_path / "o.db", "cam", 100), max_inflight, client.publish,
+                          lambda seq, reason: rejected.append(seq))  # fmt: skip
+    for i in range(n):
+        sender.put("t", b"%d" % i, 1, time.monotonic())
+    return sender, client, rejected
+
+
+def test_sender_window_order_and_delete_on_ack(tmp_path: Path) -> None:
+    sender, client, _ = make_sender(tmp_path, 5)
+    sender.step()
+    assert client.sent == [], "nothing goes out while disconnected"
+    sender.connected()
+    sender.step()
+    assert [p for _, p in client.sent] == [b"0", b"1", b"2"] and sender.inflight == 3
+    sender.ack(client.sent[0][0], None, time.monotonic())
+    sender.ack(999, None, time.monotonic())  # not ours: ignored
+    sender.step()
+    assert [p for _, p in client.sent] == [b"0", b"1", b"2", b"3"] and sender.outbox.count() == 4
+    assert sender.delivered == 1 and len(sender.latencies) == 1
+
+
+def test_sender_waits_for_rows_of_an_earlier_connection(tmp_path: Path) -> None:
+    sender, client, _ = make_sender(tmp_path, 6)
+    sender.connected()
+    sender.step()
+    first = [mid for mid, _ in client.sent]
+    sender.disconnected()
+    sender.connected()  # paho re-sends the 3 unacknowledged rows itself, in order
+    sender.ack(first[0], None, time.monotonic())
+    sender.step()
+    assert len(client.sent) == 3, "newer rows must wait until the re-sent ones are acknowledged"
+    for mid in first[1:]:
+        sender.ack(mid, None, time.monotonic())
+    sender.step()
+    assert [p for _, p in client.sent[3:]] == [b"3", b"4", b"5"]
+
+
+def test_sender_queue_full_and_accepted_while_away(tmp_path: Path) -> None:
+    sender, client, _ = make_sender(tmp_path, 4)
+    sender.connected()
+    client.mode = None  # the client's queue is full
+    sender.step()
+    assert client.sent == [] and sender.inflight == 0
+    client.mode = False  # accepted while the link is (secretly) down: counts as from an earlier connection
+    sender.step()
+    assert len(client.sent) == 3
+    client.mode = True
+    sender.step()
+    assert len(client.sent) == 3, "rows accepted while away must be acknowledged first"
+
+
+def test_sender_rejected_rows_are_reported_and_removed(tmp_path: Path) -> None:
+    sender, client, rejected = make_sender(tmp_path, 2)
+    sender.connected()
+    sender.step()
+    sender.ack(client.sent[0][0], "Not authorized", time.monotonic())
+    sender.step()
+    assert rejected == [1] and sender.rejected == 1 and sender.outbox.count() == 1
+
+
+def test_sender_resends_rows_stuck_after_a_reconnect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox_module, "RESEND_AFTER_S", 0.0)
+    sender, client, _ = make_sender(tmp_path, 2)
+    sender.connected()
+    sender.step()
+    sender.disconnected()
+    sender.connected()  # suppose paho lost them: after RESEND_AFTER_S they go again, in order
+    sender.step()
+    assert [p for _, p in client.sent] == [b"0", b"1", b"0", b"1"]
