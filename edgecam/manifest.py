@@ -8,7 +8,8 @@ Manifest keys used here (a model kind may add its own under ``output``)::
     {"name": "face_detector", "file": "face_detector.onnx", "sha256": "...",
      "input": {"name": "input", "layout": "NCHW", "color": "gray" | "bgr" | "rgb",
                "size": [w, h] or null (any size), "mean": [..], "std": [..]},
-     "output": {...}, "labels": [...], "metrics": {...}, "training_data": "...", "license": "..."}
+     "output": {...}, "labels": [...], "metrics": {...}, "training_data": "...", "license": "...",
+     "session_config": {"session.disable_quant_qdq": "1"}  (optional onnxruntime session config entries)}
 
 Pixels are normalised as ``(pixel - mean) / std`` per channel, in the colour order of ``color``.
 """
@@ -137,6 +138,8 @@ def session(manifest: Manifest, threads: int = 1, providers: list[str] | None = 
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    for key, value in manifest.data.get("session_config", {}).items():  # e.g. session.disable_quant_qdq
+        opts.add_session_config_entry(str(key), str(value))
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     try:

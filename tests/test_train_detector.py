@@ -1,0 +1,77 @@
+"""Detector training in miniature: a few iterations on a few WebFaces images; loss falls; export round-trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is a training extra (pip install -e '.[train]')")
+pytest.importorskip("onnx", reason="onnx is a training extra (pip install -e '.[train]')")
+
+WEBFACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "detection" / "webfaces"
+needs_webfaces = pytest.mark.skipif(not WEBFACES.is_dir(), reason=f"{WEBFACES} absent (shared data not mounted)")
+
+
+def test_box_convention_round_numbers() -> None:
+    from edgecam.crops import TEMPLATE_112
+    from training.detector.data import box_from_landmarks
+
+    # landmarks exactly on the template: the box is the template-frame box itself
+    np.testing.assert_allclose(box_from_landmarks(TEMPLATE_112), [18, 10, 94, 112], atol=0.5)
+    # twice as large, shifted: box follows
+    np.testing.assert_allclose(box_from_landmarks(TEMPLATE_112 * 2 + 5), [41, 25, 193, 229], atol=1.0)
+
+
+def test_flip_swaps_eyes() -> None:
+    from training.detector.augment import AugConfig, random_view
+    from training.detector.data import Sample
+
+    img = np.zeros((100, 100, 2), np.uint8)
+    lm = np.array([[[40, 40], [60, 40], [50, 52], [50, 62]]], np.float32)
+    s = Sample(img, np.array([[30, 25, 70, 75]], np.float32), lm, np.ones(1, np.float32), np.zeros((0, 4), np.float32))
+    cfg = AugConfig(flip_p=1.0, rotate_deg=0.0)
+    v = random_view(s, 100, cfg, np.random.default_rng(0), face_max=60)
+    assert v.landmarks[0, 0, 0] < v.landmarks[0, 1, 0]  # still image-left eye first after the mirror
+
+
+@pytest.mark.slow
+@needs_webfaces
+def test_few_iterations_loss_falls_and_export_round_trips(tmp_path: Path) -> None:
+    from training.detector.augment import AugConfig
+    from training.detector.export import compare, export_fp32, fold_bn, load_trained, quantize_weights
+    from training.detector.train import TrainConfig, train
+
+    cfg = TrainConfig(data=str(WEBFACES), negatives="", out=str(tmp_path / "run"), cache="", model="tinyface_xs",
+                      iters=40, batch=8, lr=1e-2, warmup=5, limit=8, ckpt_every=20, aug=AugConfig(size=96))
+    ckpt = train(cfg)
+    import json
+
+    hist = [h["total"] for h in json.loads((tmp_path / "run" / "loss.json").read_text())]
+    assert len(hist) == 40
+    assert np.mean(hist[-8:]) < 0.8 * np.mean(hist[:8]), hist
+
+    model, saved = load_trained(ckpt)
+    assert saved["model"] == "tinyface_xs" and saved["step"] == 40 and saved["aug"]["size"] == 96
+    model = fold_bn(model)
+    export_fp32(model, tmp_path / "fp32.onnx", size=(64, 96))
+    quantize_weights(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    diffs = compare(model, tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    assert diffs["torch_vs_ort"] < 1e-4
+    assert diffs["fp32_vs_int8_heat"] < 0.1
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.5 * (tmp_path / "fp32.onnx").stat().st_size
+
+
+@pytest.mark.slow
+@needs_webfaces
+def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
+    from training.detector.augment import AugConfig
+    from training.detector.train import TrainConfig, train
+
+    base = dict(data=str(WEBFACES), negatives="", out=str(tmp_path / "run"), cache="", model="tinyface_xs",
+                batch=4, warmup=2, limit=4, ckpt_every=5, aug=AugConfig(size=64))
+    train(TrainConfig(iters=5, **base))
+    ck = train(TrainConfig(iters=8, **base))
+    state = torch.load(ck, weights_only=False)
+    assert state["step"] == 8 and len(state["history"]) == 8

@@ -1,0 +1,140 @@
+"""TinyFace: a grey-input, anchor-free (CenterNet-style) face detector small enough for 50 KB at int8.
+
+Backbone: a stride-2 stem and MobileNet-style depthwise-separable stages at strides 4/8/16/32. Neck: a
+top-down path (1x1 laterals, nearest 2x upsampling, add, depthwise-separable smoothing) back to stride 4.
+Head: one stride-4 map of 13 channels: face heatmap logit, 4 box distances (log l,t,r,b over the stride) and
+8 landmark offsets (over the face size). ``DeployHead`` wraps a model for export: sigmoid on the heatmap.
+
+timm-style: typed constructor, ``forward_features`` / ``forward_head``, variants built by ``@register_model``
+functions and looked up by name with ``create_model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+HEAD_CHANNELS = 13  # heat(1), box l,t,r,b (4), landmarks x,y * 4 (8)
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a model constructor under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a registered model by name."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model '{name}' (have: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name](**kwargs)
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    return sorted(_REGISTRY)
+
+
+class ConvBnAct(nn.Sequential):
+    """Conv (no bias) + BatchNorm + optional ReLU."""
+
+    def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                                   nn.BatchNorm2d(cout)]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class SepBlock(nn.Module):
+    """Depthwise kxk (stride s) + pointwise conv; residual when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, k: int = 3):
+        super().__init__()
+        self.dw = ConvBnAct(cin, cin, k, stride, groups=cin, act=False)
+        self.pw = ConvBnAct(cin, cout, 1)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pw(self.dw(x))
+        return x + y if self.residual else y
+
+
+class TinyFace(nn.Module):
+    """Grey-input CenterNet-style face detector (see module docstring)."""
+
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 48, 64), depths: tuple[int, ...] = (1, 2, 2, 2),
+                 neck: int = 24, in_chans: int = 1, big_kernel: int = 5):
+        super().__init__()
+        self.stride = 4
+        self.stem = ConvBnAct(in_chans, widths[0], 3, 2)
+        stages = []
+        for i, d in enumerate(depths):
+            k = 3 if i < 2 else big_kernel  # larger depthwise kernels where maps are small: cheap receptive field
+            blocks = [SepBlock(widths[i], widths[i + 1], 2, k)]
+            blocks += [SepBlock(widths[i + 1], widths[i + 1], 1, k) for _ in range(d - 1)]
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.laterals = nn.ModuleList([ConvBnAct(w, neck, 1) for w in widths[1:]])
+        self.smooth = nn.ModuleList([SepBlock(neck, neck, 1, 3) for _ in widths[1:-1]])
+        self.head_block = SepBlock(neck, neck, 1, 3)
+        self.head = nn.Conv2d(neck, HEAD_CHANNELS, 1)
+        nn.init.constant_(self.head.bias, 0.0)
+        nn.init.constant_(self.head.bias[:1], -4.6)  # prior p = 0.01 for the heatmap
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone maps at strides 4, 8, 16, 32."""
+        x = self.stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward_head(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Top-down fusion to stride 4 and the raw (B, 13, H/4, W/4) head map."""
+        p = self.laterals[-1](feats[-1])
+        for i in range(len(feats) - 2, -1, -1):
+            p = self.laterals[i](feats[i]) + F.interpolate(p, scale_factor=2.0, mode="nearest")
+            p = self.smooth[i](p)
+        return self.head(self.head_block(p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class DeployHead(nn.Module):
+    """Export wrapper: sigmoid on the heatmap channel, raw box and landmark channels."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        return torch.cat([torch.sigmoid(y[:, :1]), y[:, 1:]], 1)
+
+
+@register_model
+def tinyface_s(**kwargs: object) -> nn.Module:
+    """27 K parameters (the first shipped model)."""
+    return TinyFace(**kwargs)  # type: ignore[arg-type]
+
+
+@register_model
+def tinyface_m(**kwargs: object) -> nn.Module:
+    """The shipped size: 35.6 K parameters, about 45 KB at int8."""
+    cfg: dict[str, object] = {"widths": (8, 16, 32, 56, 88), "depths": (1, 2, 2, 2), "neck": 24}
+    return TinyFace(**{**cfg, **kwargs})  # type: ignore[arg-type]
+
+
+@register_model
+def tinyface_xs(**kwargs: object) -> nn.Module:
+    """A smaller variant for quick experiments and CI."""
+    cfg: dict[str, object] = {"widths": (8, 12, 24, 32, 48), "depths": (1, 1, 1, 1), "neck": 16}
+    return TinyFace(**{**cfg, **kwargs})  # type: ignore[arg-type]

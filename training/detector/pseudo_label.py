@@ -1,0 +1,112 @@
+"""YuNet pseudo-labels for the faces WebFaces leaves unlabelled (profile, tiny, background people).
+
+Runs the YuNet anchor (``cv2.FaceDetectorYN``) on every train image at 1x and 2x (the 2x pass finds tiny
+faces), merges the two with NMS, and drops detections that match a labelled face (centre inside its
+convention box, or IoU >= 0.3). What is left becomes:
+  * a pseudo face when YuNet's score >= ``--face-score``: YuNet's box and its landmarks (eyes, nose, the
+    mean of the two mouth corners), trained at half landmark weight;
+  * an ignore region when ``--ignore-score`` <= score < ``--face-score``: no loss pushes our score down there.
+YuNet only teaches; it never ships. Output: JSON {image: {"boxes", "landmarks", "ignore"}}.
+
+    python -m training.detector.pseudo_label --out runs/detector/pseudo_train.json   # ~10 min on 1 core
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from training.detector.data import boxes_from_landmarks, read_landmarks, read_split
+
+YUNET = "../shared/models/anchors/face_detection_yunet_2023mar_int8bq.onnx"
+
+
+def yunet_detect(det: cv2.FaceDetectorYN, bgr: np.ndarray, scale: float) -> np.ndarray:
+    """YuNet on ``bgr`` resized by ``scale``: (N, 13) x1,y1,x2,y2, 4 landmarks x,y, score in original pixels."""
+    img = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale != 1 else bgr
+    det.setInputSize((img.shape[1], img.shape[0]))
+    _, faces = det.detect(img)
+    if faces is None:
+        return np.zeros((0, 13), np.float32)
+    f = faces.astype(np.float32) / np.array([scale] * 14 + [1], np.float32)
+    boxes = np.hstack([f[:, :2], f[:, :2] + f[:, 2:4]])
+    lm = f[:, 4:14].reshape(-1, 5, 2)
+    lm4 = np.concatenate([lm[:, :3], lm[:, 3:5].mean(1, keepdims=True)], 1).reshape(-1, 8)
+    return np.hstack([boxes, lm4, f[:, 14:15]])
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU (N, M) of boxes (N, 4) and (M, 4), x1,y1,x2,y2."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> np.ndarray:
+    """Indices kept by greedy NMS, best score first."""
+    order = np.argsort(-scores)
+    keep = []
+    while len(order):
+        i = order[0]
+        keep.append(i)
+        order = order[1:][iou(boxes[i:i + 1], boxes[order[1:]])[0] < thr]
+    return np.array(keep, np.int64)
+
+
+def unmatched(dets: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Detections (N, 13) that match no labelled box (centre inside it or IoU >= 0.3)."""
+    if len(gt) == 0 or len(dets) == 0:
+        return dets
+    ctr = (dets[:, :2] + dets[:, 2:4]) / 2
+    inside = np.all((ctr[:, None] >= gt[None, :, :2]) & (ctr[:, None] <= gt[None, :, 2:]), axis=2)
+    return dets[~(inside.any(1) | (iou(dets[:, :4], gt) >= 0.3).any(1))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/detection/webfaces",
+                    help="WebFaces folder (default: %(default)s)")
+    ap.add_argument("--split", default="train", help="split to label (default: %(default)s)")
+    ap.add_argument("--yunet", default=YUNET, help="YuNet ONNX (default: %(default)s)")
+    ap.add_argument("--face-score", type=float, default=0.6, help="min score of a pseudo face (default: %(default)s)")
+    ap.add_argument("--ignore-score", type=float, default=0.3, help="min score of an ignore box (default: %(default)s)")
+    ap.add_argument("--out", default="runs/detector/pseudo_train.json", help="output JSON (default: %(default)s)")
+    args = ap.parse_args()
+
+    # 1. labelled faces and the teacher
+    root = Path(args.data)
+    lms = read_landmarks(root)
+    cv2.setNumThreads(1)
+    det = cv2.FaceDetectorYN.create(args.yunet, "", (320, 320), args.ignore_score, 0.3, 5000)
+    # 2. run the teacher at 1x and 2x, merge, keep what the labels miss
+    out: dict[str, dict[str, list]] = {}
+    n_face = n_ign = 0
+    for name in tqdm(read_split(root, args.split), desc="yunet", mininterval=5):
+        bgr = cv2.imread(str(root / "images" / name))
+        dets = np.concatenate([yunet_detect(det, bgr, 1.0), yunet_detect(det, bgr, 2.0)])
+        dets = dets[nms(dets[:, :4], dets[:, 12], 0.4)] if len(dets) else dets
+        gt = boxes_from_landmarks(lms.get(name, np.zeros((0, 4, 2), np.float32)))
+        extra = unmatched(dets, gt)
+        faces = extra[extra[:, 12] >= args.face_score]
+        ign = extra[extra[:, 12] < args.face_score]
+        if len(extra):
+            out[name] = {"boxes": faces[:, :4].round(2).tolist(), "landmarks": faces[:, 4:12].round(2).tolist(),
+                         "ignore": ign[:, :4].round(2).tolist()}
+        n_face += len(faces)
+        n_ign += len(ign)
+    # 3. write
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out))
+    print(f"{args.out}: {n_face} pseudo faces, {n_ign} ignore regions in {len(out)} images")
+
+
+if __name__ == "__main__":
+    main()
