@@ -37,11 +37,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def write_config(tmp_path: Path, broker: Broker) -> Path:
-    """A config for the test broker with fast reconnects; the clip's small faces need a lower threshold."""
+    """A config for the test broker with fast reconnects; everything else (detector, tracker) at its defaults."""
     cfg = tmp_path / "edgecam.yaml"
     cfg.write_text(
         f"state_dir: {tmp_path / 'state'}\n"
-        "detector:\n  score_threshold: 0.2\n"
         f"mqtt:\n  host: {broker.host}\n  port: {broker.port}\n  keepalive: 5\n"
         "  reconnect_min_s: 0.1\n  reconnect_max_s: 0.5\n"
     )
@@ -131,6 +130,7 @@ def test_broker_outage_mid_replay_every_event_arrives_in_order(
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert sub.wait_for(lambda ms: len(ms) >= 1, 30), "no event before the outage"
+        before = len(first_arrivals(sub.on(EVENTS)))
         broker.stop()
         time.sleep(1.5)
         broker.start()
@@ -144,7 +144,7 @@ def test_broker_outage_mid_replay_every_event_arrives_in_order(
     sub.wait_for(lambda ms: len(first_arrivals(ms)) >= len(produced), 20)
     received = first_arrivals(sub.on(EVENTS))
     assert [key(e) for e in received] == [key(e) for e in produced]
-    assert len(produced) >= 3
+    assert before < len(produced), "no event was produced during or after the outage"
 
 
 def test_kill_9_of_the_daemon_publishes_the_last_will(
