@@ -43,8 +43,9 @@ def test_few_iterations_loss_falls_and_export_round_trips(tmp_path: Path) -> Non
     from training.detector.export import compare, export_fp32, fold_bn, load_trained, quantize_weights
     from training.detector.train import TrainConfig, train
 
-    cfg = TrainConfig(data=str(WEBFACES), negatives="", out=str(tmp_path / "run"), cache="", model="tinyface_xs",
-                      iters=40, batch=8, lr=1e-2, warmup=5, limit=8, ckpt_every=20, aug=AugConfig(size=96))
+    cfg = TrainConfig(data=str(WEBFACES), negatives="", pseudo="", out=str(tmp_path / "run"), cache="",
+                      model="tinyface_xs", iters=40, batch=8, lr=1e-2, warmup=5, limit=8, ckpt_every=20,
+                      aug=AugConfig(size=96))
     ckpt = train(cfg)
     import json
 
@@ -69,7 +70,7 @@ def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
     from training.detector.augment import AugConfig
     from training.detector.train import TrainConfig, train
 
-    base = dict(data=str(WEBFACES), negatives="", out=str(tmp_path / "run"), cache="", model="tinyface_xs",
+    base = dict(data=str(WEBFACES), negatives="", pseudo="", out=str(tmp_path / "run"), cache="", model="tinyface_xs",
                 batch=4, warmup=2, limit=4, ckpt_every=5, aug=AugConfig(size=64))
     train(TrainConfig(iters=5, **base))
     ck = train(TrainConfig(iters=8, **base))

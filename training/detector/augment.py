@@ -228,7 +228,8 @@ def encode_targets(v: View, stride: int, pos_radius: tuple[float, float, float] 
         g[iy, ix] = 1.0
         gx, gy = np.meshgrid(cx, cx)
         r = float(np.clip(pos_radius[0] * fs / stride, pos_radius[1], pos_radius[2])) * stride
-        g[(gx - c[0]) ** 2 + (gy - c[1]) ** 2 <= r**2] = 1.0
+        if r > 0:
+            g[(gx - c[0]) ** 2 + (gy - c[1]) ** 2 <= r**2] = 1.0
         heat = np.maximum(heat, g)
         ltrb = np.stack([gx - b[0], gy - b[1], b[2] - gx, b[3] - gy])
         sel = (g >= 0.3) & np.all(ltrb > 0.5, axis=0) & (g >= reg_w)
