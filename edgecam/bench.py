@@ -112,5 +112,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"detector runs: {r['detector_runs']}, faces: {r['faces']}, crops passing quality: "
           f"{r['crops_passed_quality']}, crops recognized: {r['crops_recognized']} "
           f"(recognizer: {r['recognizer'] or 'none'})")
+    per_face = ", ".join(f"{k} {v:.3f} ms" for k, v in r["ms_per_face"].items() if v is not None)
+    print(f"per face: {per_face or 'no faces'}")
     print(f"frame pixels sent to the recognizer: {100 * r['recognizer_pixel_fraction']:.3f} %")
     print(f"events: {r['events']}, peak RSS: {r['peak_rss_mb']:.1f} MB, model load: {r['model_load_s']:.2f} s")

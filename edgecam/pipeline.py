@@ -170,7 +170,14 @@ class Pipeline:
             "recognizer_pixel_fraction": round(c.recognizer_pixels / c.frame_pixels, 6) if c.frame_pixels else 0.0,
             "events": c.events, "errors": c.errors, "tracks_in_view": len(self.tracker.in_view()),
             "stage_ms": self.timer.ms_per_call(), "stage_ms_per_frame": self.timer.ms_per_frame(c.frames),
+            "ms_per_face": {"crops": _per(self.timer.seconds["crops"], c.faces),
+                            "recognize": _per(self.timer.seconds["recognize"], c.crops_recognized)},
         }
+
+
+def _per(seconds: float, n: int) -> float | None:
+    """Milliseconds per item, None without items."""
+    return round(1000 * seconds / n, 3) if n else None
 
 
 def load_detector(cfg: Config) -> Detector:
