@@ -171,7 +171,8 @@ def main() -> None:
     try:
         record = run(args.model_dir, args.calib, args.out, args.check, args.max, args.method, args.name)
     except EdgecamError as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(record["check"]))
 
 

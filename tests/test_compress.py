@@ -159,3 +159,13 @@ def test_quantize_round_trip(tmp_path: Path) -> None:
     rec = make_recognizer("identity", tmp_path / "int8")  # the int8 folder is a valid model folder
     assert rec.embed([np.zeros((32, 32, 3), np.uint8)]).shape == (1, 16)
     assert sizes(tmp_path / "int8" / "m_int8.onnx")["huffman"] < check["int8_bytes"]
+
+
+def test_quantize_cli_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, str(REPO / "deploy/quantize.py"), str(tmp_path / "nope"), "--calib",
+                        str(tmp_path / "empty"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "no such model folder" in r.stderr

@@ -20,6 +20,7 @@ COLUMNS: list[tuple[str, str, str]] = [  # (key, header, format)
     ("acc", "LFW verif. acc (10-fold)", "{}"),
     ("dir", "DIR @ 1% FAR", "{:.1%}"),
     ("top1", "top-1 acc", "{:.1%}"),
+    ("known_rate", "named at threshold", "{:.1%}"),
     ("ms", "ms/crop (1 thread)", "{:.2f}"),
     ("speedup", "x faster than teacher", "{:.1f}"),
     ("smaller", "x smaller than fp32 teacher", "{:.1f}"),

@@ -9,8 +9,8 @@
    Its logits on 16 augmented variants of every train image are cached for distillation.
 3. stages, all with the ``training.compress`` toolkit: student (``crop_classifier``: SFace layout at width
    0.25, 64x64 grey input) trained on labels only; the same student distilled (KL on softened teacher
-   logits + labels); structured pruning (half the channels) + distillation; low-rank (1x1 convs by SVD
-   energy) + distillation; int8 (``deploy/quantize.py``).
+   logits + labels); structured pruning (half the channels) + distillation; low-rank (1x1 convs by SVD:
+   95 % energy, at most 60 % of the parameters) + distillation; int8 (``deploy/quantize.py``).
 4. the unknown threshold: the softmax probability that 5 % of LFW ``calib`` faces (people not in ORL)
    reach, so that 95 % of strangers come out ``unknown``.
 5. ``edgecam/models/orl_classifier/``: int8 ``.onnx``, ``model.json`` (labels s1..s40), card with the table.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 import subprocess
@@ -208,6 +209,7 @@ def main() -> None:
                     help="model folder to write (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=600, help="steps per training stage (default: 600)")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -246,7 +248,7 @@ def main() -> None:
     stages["prune"] = run_stage("prune", m, kd_batches, args.work, args.steps // 2, True, val)
     if not (args.work / "lowrank/ckpt.pt").exists():
         m = load_model(args.work / "prune/ckpt.pt")
-        factorize_model(m, energy=0.9, min_saving=0.2, skip=("classifier",))
+        factorize_model(m, energy=0.95, max_ratio=0.6, min_saving=0.2, skip=("classifier",))
     else:
         m = load_model(args.work / "lowrank/ckpt.pt")
     stages["lowrank"] = run_stage("lowrank", m, kd_batches, args.work, args.steps // 2, True, val)
