@@ -8,12 +8,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgecam-installed
 CLIP := edgecam/data/corridor.mp4
+# The demo runs the recognizer too once it is shipped (deploy/configs/demo.yaml names it).
+DEMO_CONFIG := $(if $(wildcard edgecam/models/face_recognizer/model.json),--config deploy/configs/demo.yaml,)
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup mosquitto lint clean
 
 demo: setup
-	$(BIN)/edgecam replay $(CLIP) --speed max
+	$(BIN)/edgecam replay $(CLIP) --speed max $(DEMO_CONFIG)
 
 test: setup mosquitto
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

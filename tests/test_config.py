@@ -212,3 +212,9 @@ def test_overrides_camera_and_mqtt() -> None:
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.username) == ("broker.lan", 1884, "bob")
     with pytest.raises(ConfigError, match="--camera"):
         apply_overrides(cfg, camera="bad name")
+
+
+@pytest.mark.skipif(not (MODELS_DIR / "face_recognizer" / "model.json").exists(), reason="recognizer not shipped yet")
+def test_demo_config_passes() -> None:
+    cfg = load_config(REPO / "deploy" / "configs" / "demo.yaml")
+    assert cfg.recognizer is not None and cfg.recognizer.gallery is None
