@@ -54,7 +54,7 @@ class JsonLines:
     def to_file(cls, path: Path) -> JsonLines:
         """Write to ``path`` (created or truncated); EdgecamError when it cannot be opened."""
         try:
-            return cls(open(path, "w", encoding="utf-8"), owned=True)  # noqa: SIM115 - closed in close()
+            return cls(open(path, "w", encoding="utf-8"), owned=True)  # closed in close()
         except OSError as e:
             raise EdgecamError(f"{path}: cannot write events ({e.strerror})") from None
 

@@ -105,7 +105,6 @@ class Pipeline:
         self.detection_enabled = cfg.detector.enabled
         self.timer = StageTimer()
         self.counts = PipelineCounts()
-        self.last_faces: tuple[np.ndarray, np.ndarray] = (np.zeros((0, 5), np.float32), np.zeros((0, 4, 2), np.float32))
 
     def process(self, frame: Frame) -> list[Event]:
         """Run the stages on one frame; the events it produced."""
@@ -119,7 +118,6 @@ class Pipeline:
             boxes, landmarks = self.detector(frame.bgr)
         self.counts.detector_runs += 1
         self.counts.faces += len(boxes)
-        self.last_faces = (boxes, landmarks)
         with self.timer("track"):
             tracks = self.tracker.assign(boxes, frame.index, frame.timestamp)
         with self.timer("crops"):
