@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from conftest import wait_until
 
 from edgecam.app import App, replay, run_app
 from edgecam.config import Config, parse_config
@@ -263,32 +264,23 @@ class Endless(LiveSource):
         return B()
 
 
-def wait_for(pred: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_app_commands_detection_off_ends_tracks_and_snapshot(tmp_path: Path) -> None:
     pub = FakePublisher()
     app = App(config(motion={"enabled": False}), source=Endless(), publisher=pub, detector=SquareDetector())
     app.start()
     try:
-        assert wait_for(lambda: any(e["type"] == "new" for e in pub.events))
+        assert wait_until(lambda: any(e["type"] == "new" for e in pub.events), 5.0)
         [cb] = pub.callbacks
         cb("detection", b"OFF")
-        assert wait_for(lambda: any(e["type"] == "end" for e in pub.events))
+        assert wait_until(lambda: any(e["type"] == "end" for e in pub.events), 5.0)
         runs = app.pipeline.counts.detector_runs  # type: ignore[union-attr]
         n_snap = len(pub.snapshots)
         cb("snapshot", b"")
-        assert wait_for(lambda: len(pub.snapshots) > n_snap)
+        assert wait_until(lambda: len(pub.snapshots) > n_snap, 5.0)
         time.sleep(0.2)
         assert app.pipeline.counts.detector_runs == runs  # type: ignore[union-attr]
         cb("detection", b"ON")
-        assert wait_for(lambda: app.pipeline.counts.detector_runs > runs)  # type: ignore[union-attr]
+        assert wait_until(lambda: app.pipeline.counts.detector_runs > runs, 5.0)  # type: ignore[union-attr]
     finally:
         app.stop()
         app.stop()  # idempotent
