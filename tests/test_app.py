@@ -347,3 +347,31 @@ def test_replay_function_overrides_source(tmp_path: Path, monkeypatch: pytest.Mo
     out = io.StringIO()
     stats = replay(config(), clip, stdout=out)
     assert stats["frames"] == 20 and [json.loads(x)["type"] for x in out.getvalue().splitlines()] == ["new", "end"]
+
+
+def test_enroll_command_adds_the_face_in_view_to_the_gallery(tmp_path: Path) -> None:
+    from test_recognize import write_folder
+
+    from edgecam.manifest import load_manifest
+    from edgecam.recognize import Gallery
+
+    model = write_folder(tmp_path / "emb", {"type": "embedding", "dim": 3,
+                                            "thresholds": {"known": 0.95, "unknown": 0.8}})
+    gallery = tmp_path / "gallery.npz"
+    Gallery(str(load_manifest(model).data["sha256"]), 3).save(gallery)
+    cfg = config(motion={"enabled": False}, recognizer={"type": "identity", "model": str(model),
+                                                        "gallery": str(gallery), "max_votes": 1000})
+    pub = FakePublisher()
+    app = App(cfg, source=Endless(), publisher=pub, detector=SquareDetector())
+    app.start()
+    try:
+        assert wait_until(lambda: any(e["type"] == "new" for e in pub.events), 5.0)
+        assert pub.events[0]["identity"] == "unknown" and pub.discovery == [[]]
+        [cb] = pub.callbacks
+        cb("enroll", b"alice")
+        assert wait_until(lambda: pub.discovery[-1] == ["alice"], 5.0)
+        assert wait_until(lambda: any(e["identity"] == "alice" and e["status"] == "known" for e in pub.events), 5.0)
+    finally:
+        app.stop()
+    assert Gallery.load(gallery, str(load_manifest(model).data["sha256"]), 3).people == ["alice"]
+    assert ("alice", True) in pub.states
