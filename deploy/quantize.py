@@ -6,7 +6,8 @@ MODEL_DIR holds an fp32 ``.onnx`` and its ``model.json`` (the input spec gives s
 normalisation). Calibration images (``--calib``, any folder tree of .jpg/.png/.pgm/.bmp: for a recognizer,
 aligned crops) run through a calibration data reader; activations get ranges from them (``--method``
 minmax | percentile | entropy), weights are int8 per output channel (symmetric), activations uint8, in QDQ
-format (onnxruntime fuses QDQ pairs into integer kernels; other runtimes read the same graph). OUT_DIR gets
+format (onnxruntime fuses QDQ pairs into integer kernels; other runtimes read the same graph); tensor names
+are then shortened (``--keep-names`` to keep them). OUT_DIR gets
 the int8 ``.onnx`` and a ``model.json`` with its sha256 and a ``quantization`` record: sizes, fp32-vs-int8
 output agreement (cosine of outputs, top-1 agreement) on ``--check`` images (default: the calibration
 images) and single-thread milliseconds per input of both.
@@ -91,6 +92,34 @@ def quantize(fp32: Path, out: Path, calib: np.ndarray, input_name: str, method: 
                         extra_options={"CalibPercentile": 99.99} if method == "percentile" else None)
 
 
+def compact_names(path: Path) -> None:
+    """Rename the graph's tensors to short ids and drop node names and value_info (in place).
+
+    Quantization names every tensor after its layer (``blocks.11.pw.0.weight_DequantizeLinear_Output``);
+    in a sub-megabyte model those strings are several percent of the file. Inputs and outputs keep their
+    names, so a manifest still describes the model.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output} | {""}
+    ids: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        return name if name in keep else ids.setdefault(name, f"t{len(ids):x}")
+
+    for t in g.initializer:
+        t.name = short(t.name)
+    for n in g.node:
+        n.name, n.doc_string = "", ""
+        n.input[:] = [short(x) for x in n.input]
+        n.output[:] = [short(x) for x in n.output]
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime type
     import onnxruntime as ort
 
@@ -135,7 +164,7 @@ def write_folder(src: Manifest, out_dir: Path, onnx_file: Path, record: dict) ->
 
 
 def run(model_dir: Path, calib_dir: Path, out_dir: Path, check_dir: Path | None, limit: int, method: str,
-        name: str | None = None) -> dict:
+        name: str | None = None, compact: bool = True) -> dict:
     """Quantize a model folder into ``out_dir``; returns the quantization record."""
     src = load_manifest(model_dir)
     spec = src.input
@@ -147,6 +176,8 @@ def run(model_dir: Path, calib_dir: Path, out_dir: Path, check_dir: Path | None,
     if dst.resolve() == src.onnx_path.resolve():
         raise EdgecamError(f"{dst}: would overwrite the fp32 source model")
     quantize(src.onnx_path, dst, calib, input_name, method)
+    if compact:
+        compact_names(dst)
     record = {"method": f"onnxruntime static QDQ, per-channel int8 weights, uint8 activations, {method}",
               "calibration_images": len(calib), "check": compare(src.onnx_path, dst, check, input_name),
               "command": " ".join(["python", "deploy/quantize.py", *sys.argv[1:]])}
@@ -167,9 +198,12 @@ def main() -> None:
     ap.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile",
                     help="activation range calibration (default: percentile, 99.99)")
     ap.add_argument("--name", default=None, help="output .onnx file name (default: <fp32 name>_int8.onnx)")
+    ap.add_argument("--keep-names", action="store_true",
+                    help="keep the quantizer's long tensor names (default: renamed to short ids)")
     args = ap.parse_args()
     try:
-        record = run(args.model_dir, args.calib, args.out, args.check, args.max, args.method, args.name)
+        record = run(args.model_dir, args.calib, args.out, args.check, args.max, args.method, args.name,
+                     not args.keep_names)
     except EdgecamError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
