@@ -48,6 +48,7 @@ def test_shipped_file_within_budget_and_manifest_complete() -> None:
     for key in ("name", "file", "sha256", "input", "output", "labels", "metrics", "training_data", "license"):
         assert key in m.data, key
     assert m.input["color"] == "gray" and m.output["stride"] == 4
+    assert "command" in m.data["metrics"], "metrics must say which command measured them"
     assert (MODEL / "README.md").is_file()
 
 
@@ -106,6 +107,41 @@ def test_decode_one_synthetic_peak() -> None:
 # ------------------------------------------------------------------------------------------------ runtime
 
 
+def test_finds_grace_hopper_with_ordered_landmarks(det: FaceDetector) -> None:
+    img = grace_hopper()
+    boxes, lms = det(img)
+    check_shapes(boxes, lms)
+    assert len(boxes) == 1, boxes
+    x1, y1, x2, y2, score = boxes[0]
+    assert score > 0.6 and 150 < x2 - x1 < 400 and 150 < y2 - y1 < 450
+    left_eye, right_eye, nose, mouth = lms[0]
+    assert left_eye[0] < nose[0] < right_eye[0]  # image-left eye first
+    assert max(left_eye[1], right_eye[1]) < nose[1] < mouth[1]
+    assert np.all((lms[0] > [x1, y1]) & (lms[0] < [x2, y2]))
+
+
+def test_boxes_are_in_original_pixels_and_flip_keeps_eye_order(det: FaceDetector) -> None:
+    img = cv2.resize(grace_hopper(), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)  # face ~125 px high
+    big, _ = det(img)
+    half, _ = det(cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+    w = big[0, 2] - big[0, 0]
+    np.testing.assert_allclose(half[0, :4] * 2, big[0, :4], atol=0.1 * w)
+    fb, fl = det(img[:, ::-1].copy())
+    np.testing.assert_allclose([img.shape[1] - fb[0, 2], img.shape[1] - fb[0, 0]], big[0, [0, 2]], atol=0.1 * w)
+    assert fl[0, 0, 0] < fl[0, 1, 0]
+
+
+def test_large_image_downscaled_but_reported_in_original_pixels(det: FaceDetector) -> None:
+    face = cv2.resize(grace_hopper(), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)  # 300x256
+    ref, _ = det(face)
+    canvas = np.full((1280, 1600, 3), 90, np.uint8)  # over max_side: the detector works at half size
+    canvas[700:1000, 900:1156] = face
+    boxes, lms = det(canvas)
+    assert len(boxes) == 1
+    np.testing.assert_allclose(boxes[0, :4], ref[0, :4] + [900, 700, 900, 700], atol=0.12 * (ref[0, 2] - ref[0, 0]))
+    assert np.all((lms[0] > boxes[0, :2]) & (lms[0] < boxes[0, 2:4]))
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 3), (7, 300, 3), (300, 7), (33, 17, 1), (240, 320, 4), (481, 271, 3)])
 def test_any_size_and_channel_count(det: FaceDetector, shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(0)
@@ -118,7 +154,7 @@ def test_empty_and_grey_images(det: FaceDetector) -> None:
     assert boxes.shape == (0, 5) and lms.shape == (0, 4, 2)
     grey = cv2.cvtColor(grace_hopper(), cv2.COLOR_BGR2GRAY)
     boxes, lms = det(grey)
-    check_shapes(boxes, lms)
+    assert len(boxes) == 1
 
 
 @pytest.mark.parametrize("bad", [np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 2), np.uint8),

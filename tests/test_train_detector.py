@@ -30,7 +30,8 @@ def test_flip_swaps_eyes() -> None:
 
     img = np.zeros((100, 100, 2), np.uint8)
     lm = np.array([[[40, 40], [60, 40], [50, 52], [50, 62]]], np.float32)
-    s = Sample(img, np.array([[30, 25, 70, 75]], np.float32), lm, np.ones(1, np.float32), np.zeros((0, 4), np.float32))
+    one = np.ones(1, np.float32)
+    s = Sample(img, np.array([[30, 25, 70, 75]], np.float32), lm, one, one, np.zeros((0, 4), np.float32))
     cfg = AugConfig(flip_p=1.0, rotate_deg=0.0)
     v = random_view(s, 100, cfg, np.random.default_rng(0), face_max=60)
     assert v.landmarks[0, 0, 0] < v.landmarks[0, 1, 0]  # still image-left eye first after the mirror
@@ -76,3 +77,19 @@ def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
     ck = train(TrainConfig(iters=8, **base))
     state = torch.load(ck, weights_only=False)
     assert state["step"] == 8 and len(state["history"]) == 8
+
+
+def test_targets_peak_soft_teacher_score_and_ignore() -> None:
+    from training.detector.augment import View, encode_targets
+
+    lm = np.array([[[40, 40], [60, 40], [50, 52], [50, 62]]] * 2, np.float32) + np.array([[[0, 0]], [[0, 60]]])
+    boxes = np.array([[30, 25, 70, 75], [30, 85, 70, 135]], np.float32)
+    v = View(np.zeros((160, 160), np.uint8), boxes, lm.astype(np.float32), np.ones(2, np.float32),
+             np.array([1.0, 0.7], np.float32), np.array([[100, 100, 150, 150]], np.float32))
+    t = encode_targets(v, 4)
+    assert t["pos"].sum() == 2  # one centre cell per face (CenterNet)
+    np.testing.assert_allclose(sorted(t["heat"][t["pos"]]), [0.7, 1.0])  # the pseudo face's peak = its score
+    assert t["heat_w"][30, 30] == 0 and t["heat_w"][5, 5] == 1  # ignore region silences negatives
+    iy, ix = np.argwhere(t["pos"])[0]
+    cx, cy = ix * 4 + 1.5, iy * 4 + 1.5
+    np.testing.assert_allclose(np.exp(t["reg"][:4, iy, ix]) * 4, [cx - 30, cy - 25, 70 - cx, 75 - cy], rtol=1e-5)

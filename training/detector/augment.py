@@ -24,7 +24,7 @@ class AugConfig:
 
     size: int = 160  # square training crop side (pixels)
     face_min: float = 7.0  # smallest face height a view aims for (pixels)
-    face_max: float = 200.0  # largest face height a view aims for (pixels; may overflow the crop)
+    face_max: float = 260.0  # largest face height a view aims for (pixels; may overflow the crop)
     min_face: float = 6.0  # faces smaller than this (height) become ignore regions
     mosaic_p: float = 0.3  # share of crops that are 2x2 mosaics
     negative_p: float = 0.08  # share of views taken from a face-free image
@@ -46,6 +46,7 @@ class View:
     boxes: np.ndarray  # (K, 4) x1,y1,x2,y2
     landmarks: np.ndarray  # (K, 4, 2)
     lm_weight: np.ndarray  # (K,)
+    peak: np.ndarray  # (K,)
     ignore: np.ndarray  # (M, 4) x1,y1,x2,y2
 
 
@@ -119,8 +120,8 @@ def random_view(s: Sample, size: int, cfg: AugConfig, rng: np.random.Generator, 
     lms = (s.landmarks @ m[:, :2].T + m[:, 2]).astype(np.float32)
     if flip:
         lms = lms[:, FLIP_ORDER]
-    return _filter(View(img, _map_boxes(s.boxes, m, scale), lms, s.lm_weight, _map_boxes(s.ignore, m, scale)),
-                   cfg.min_face)
+    return _filter(View(img, _map_boxes(s.boxes, m, scale), lms, s.lm_weight, s.peak,
+                        _map_boxes(s.ignore, m, scale)), cfg.min_face)
 
 
 def _filter(v: View, min_face: float) -> View:
@@ -132,7 +133,7 @@ def _filter(v: View, min_face: float) -> View:
     keep = inside & big
     visible = np.all((v.boxes[:, 2:] > 0) & (v.boxes[:, :2] < size), axis=1)
     ignore = np.concatenate([v.ignore, v.boxes[visible & ~keep]])
-    return View(v.image, v.boxes[keep], v.landmarks[keep], v.lm_weight[keep], ignore)
+    return View(v.image, v.boxes[keep], v.landmarks[keep], v.lm_weight[keep], v.peak[keep], ignore)
 
 
 def mosaic(samples: list[Sample], size: int, cfg: AugConfig, rng: np.random.Generator,
@@ -147,9 +148,9 @@ def mosaic(samples: list[Sample], size: int, cfg: AugConfig, rng: np.random.Gene
         dx, dy = (k % 2) * half, (k // 2) * half
         img[dy:dy + half, dx:dx + half] = v.image
         off = np.array([dx, dy, dx, dy], np.float32)
-        parts.append(View(v.image, v.boxes + off, v.landmarks + off[:2], v.lm_weight, v.ignore + off))
-    return View(img, np.concatenate([p.boxes for p in parts]), np.concatenate([p.landmarks for p in parts]),
-                np.concatenate([p.lm_weight for p in parts]), np.concatenate([p.ignore for p in parts]))
+        parts.append(View(v.image, v.boxes + off, v.landmarks + off[:2], v.lm_weight, v.peak, v.ignore + off))
+    return View(img, *(np.concatenate([getattr(p, f) for p in parts]) for f in
+                       ("boxes", "landmarks", "lm_weight", "peak", "ignore")))
 
 
 def photometric(img: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np.ndarray:
@@ -201,7 +202,8 @@ def encode_targets(v: View, stride: int, pos_radius: tuple[float, float, float] 
     area from its centre cell to the cells within that radius of the face centre (FCOS-style centre
     sampling: more positives per face, faster learning); (0, 0, 0) is plain CenterNet.
 
-    Returns ``heat`` (H, W) gaussian peaks (1 at each face's centre cell), ``reg`` (12, H, W): channels
+    Returns ``heat`` (H, W) gaussian peaks (the face's ``peak`` target at its centre cell: 1, or a teacher
+    score), ``pos`` (H, W) 1 at the positive cells (centre cells / centre areas), ``reg`` (12, H, W): channels
     0-3 log(l/stride), log(t/stride), log(r/stride), log(b/stride) distances from the cell centre to the box
     sides, 4-11 landmark x,y offsets from the cell centre divided by the face size sqrt(w*h); ``reg_w`` (H, W)
     box weight (the gaussian value at cells inside the box with gaussian >= 0.3), ``lm_w`` (H, W) landmark
@@ -210,6 +212,7 @@ def encode_targets(v: View, stride: int, pos_radius: tuple[float, float, float] 
     n = v.image.shape[0] // stride
     cx = cell_centres(n, stride)
     heat = np.zeros((n, n), np.float32)
+    pos = np.zeros((n, n), bool)
     reg = np.zeros((12, n, n), np.float32)
     reg_w = np.zeros((n, n), np.float32)
     lm_w = np.zeros((n, n), np.float32)
@@ -230,7 +233,8 @@ def encode_targets(v: View, stride: int, pos_radius: tuple[float, float, float] 
         r = float(np.clip(pos_radius[0] * fs / stride, pos_radius[1], pos_radius[2])) * stride
         if r > 0:
             g[(gx - c[0]) ** 2 + (gy - c[1]) ** 2 <= r**2] = 1.0
-        heat = np.maximum(heat, g)
+        pos |= g >= 1.0
+        heat = np.maximum(heat, g * v.peak[k])
         ltrb = np.stack([gx - b[0], gy - b[1], b[2] - gx, b[3] - gy])
         sel = (g >= 0.3) & np.all(ltrb > 0.5, axis=0) & (g >= reg_w)
         sel[iy, ix] = True
@@ -239,8 +243,8 @@ def encode_targets(v: View, stride: int, pos_radius: tuple[float, float, float] 
         reg[4:, sel] = off.reshape(8, -1)
         reg_w[sel] = g[sel]
         lm_w[sel] = g[sel] * v.lm_weight[k]
-    heat_w[heat >= 1.0] = 1.0
-    return {"heat": heat, "reg": reg, "reg_w": reg_w, "lm_w": lm_w, "heat_w": heat_w}
+    heat_w[pos] = 1.0
+    return {"heat": heat, "pos": pos, "reg": reg, "reg_w": reg_w, "lm_w": lm_w, "heat_w": heat_w}
 
 
 def _span(a: float, b: float, stride: int, n: int) -> slice:

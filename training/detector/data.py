@@ -9,7 +9,9 @@ frame (x 17.5..93.7, y 10.2..111.7), so our boxes and YuNet's share a convention
 
 A sample is a dict: ``image`` (H, W, 2) uint8 (channel 0 the standard grey, channel 1 an IR-like grey
 that weights the red channel), ``boxes`` (K, 4) x1,y1,x2,y2, ``landmarks`` (K, 4, 2), ``lm_weight`` (K,)
-(0 where the landmarks are unknown), ``ignore`` (M, 4) x1,y1,x2,y2 boxes where no loss pushes the score down.
+(0 where the landmarks are unknown), ``peak`` (K,) the heatmap target at the face centre (1 for a labelled
+face; a pseudo-labelled face may carry the teacher's score), ``ignore`` (M, 4) x1,y1,x2,y2 boxes where no loss
+pushes the score down.
 """
 
 from __future__ import annotations
@@ -100,18 +102,20 @@ class Sample:
     boxes: np.ndarray  # (K, 4) x1,y1,x2,y2
     landmarks: np.ndarray  # (K, 4, 2)
     lm_weight: np.ndarray  # (K,)
+    peak: np.ndarray  # (K,) heatmap target at the face centre
     ignore: np.ndarray  # (M, 4) x1,y1,x2,y2
 
 
 def empty_sample(image: np.ndarray) -> Sample:
     """A sample with no faces (a negative image)."""
     return Sample(image, np.zeros((0, 4), np.float32), np.zeros((0, 4, 2), np.float32), np.zeros(0, np.float32),
-                  np.zeros((0, 4), np.float32))
+                  np.zeros(0, np.float32), np.zeros((0, 4), np.float32))
 
 
 def load_samples(root: Path, split: str, cache_dir: Path | None, pseudo: Path | None = None,
-                 limit: int | None = None) -> list[Sample]:
-    """WebFaces samples of a split; with ``pseudo`` (a JSON from ``pseudo_label.py``) extra faces and ignores."""
+                 limit: int | None = None, soft_pseudo: bool = False) -> list[Sample]:
+    """WebFaces samples of a split; with ``pseudo`` (a JSON from ``pseudo_label.py``) extra faces and ignores,
+    whose heatmap target is the teacher's score when ``soft_pseudo`` (else 1)."""
     names = read_split(root, split)[:limit]
     lms = read_landmarks(root)
     cache = cache_dir / f"webfaces_{split}_{len(names)}.npz" if cache_dir else None
@@ -120,20 +124,24 @@ def load_samples(root: Path, split: str, cache_dir: Path | None, pseudo: Path | 
     samples = []
     for name, im in zip(names, images, strict=True):
         lm = lms.get(name, np.zeros((0, 4, 2), np.float32))
-        s = Sample(im, boxes_from_landmarks(lm), lm, np.ones(len(lm), np.float32), np.zeros((0, 4), np.float32))
+        ones = np.ones(len(lm), np.float32)
+        s = Sample(im, boxes_from_landmarks(lm), lm, ones, ones, np.zeros((0, 4), np.float32))
         if name in extra:
-            s = add_pseudo(s, extra[name])
+            s = add_pseudo(s, extra[name], soft_pseudo)
         samples.append(s)
     return samples
 
 
-def add_pseudo(s: Sample, extra: dict) -> Sample:
-    """Merge pseudo-labelled faces (boxes, landmarks at half landmark weight) and ignore boxes into a sample."""
+def add_pseudo(s: Sample, extra: dict, soft: bool = False) -> Sample:
+    """Merge pseudo-labelled faces (boxes, landmarks at half landmark weight, heatmap target 1 or, when ``soft``,
+    the teacher's score) and ignore boxes into a sample."""
     pb = np.array(extra.get("boxes", []), np.float32).reshape(-1, 4)
     pl = np.array(extra.get("landmarks", []), np.float32).reshape(-1, 4, 2)
     ig = np.array(extra.get("ignore", []), np.float32).reshape(-1, 4)
+    peak = np.array(extra["scores"], np.float32) if soft else np.ones(len(pb), np.float32)
     return Sample(s.image, np.concatenate([s.boxes, pb]), np.concatenate([s.landmarks, pl]),
-                  np.concatenate([s.lm_weight, np.full(len(pb), 0.5, np.float32)]), np.concatenate([s.ignore, ig]))
+                  np.concatenate([s.lm_weight, np.full(len(pb), 0.5, np.float32)]), np.concatenate([s.peak, peak]),
+                  np.concatenate([s.ignore, ig]))
 
 
 def load_negatives(folder: Path) -> list[np.ndarray]:

@@ -38,7 +38,7 @@ from edgecam.manifest import sha256_file
 from training.detector.data import boxes_from_landmarks, read_landmarks, read_split
 from training.detector.pseudo_label import YUNET, iou, yunet_detect
 
-OPERATING = {"ours int8 (shipped)": 0.5, "ours fp32": 0.5, "YuNet": 0.6, "Haar frontal": 0.0}  # default thresholds
+BASELINE_OPERATING = {"YuNet": 0.6, "Haar frontal": 0.0}  # thresholds in use (ours: model.json's)
 Detect = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]  # bgr -> boxes (N,5), landmarks (N,4,2)
 
 
@@ -88,6 +88,14 @@ def haar() -> Detect:
 
 
 # --------------------------------------------------------------------------------------------- matching
+
+
+def load_split(root: Path, split: str, limit: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """BGR images, convention boxes (K, 4) and landmarks (K, 4, 2) of the first ``limit`` images of a split."""
+    lms = read_landmarks(root)
+    names = read_split(root, split)[: limit or None]
+    gl = [lms.get(n, np.zeros((0, 4, 2), np.float32)) for n in names]
+    return [cv2.imread(str(root / "images" / n)) for n in names], [boxes_from_landmarks(g) for g in gl], gl
 
 
 def run_detector(det: Detect, images: list[np.ndarray], desc: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -317,6 +325,34 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SMALL_HEIGHTS = (8, 10, 12, 14, 16, 20, 24, 32)  # face box heights (pixels) for the smallest-face test
+
+
+def smallest_face(det: Detect, images: list[np.ndarray], gts: list[np.ndarray], op: float,
+                  calib: np.ndarray) -> dict[str, list]:
+    """Recall (IoU >= 0.3, score >= ``op``) of single val faces shrunk to each of ``SMALL_HEIGHTS`` pixels.
+
+    Each image with one labelled face is scaled so the face box is h pixels high and pasted at the centre of
+    a 320x240 mid-grey frame; the face must be found there.
+    """
+    recall = []
+    pool = [(im, g[0]) for im, g in zip(images, gts, strict=True) if len(g) == 1]
+    for h in SMALL_HEIGHTS:
+        hits = 0
+        for im, g in pool:
+            s = h / (g[3] - g[1])
+            small = cv2.resize(im, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)[:240, :320]
+            frame = np.full((240, 320, 3), 128, np.uint8)
+            oy, ox = (240 - small.shape[0]) // 2, (320 - small.shape[1]) // 2
+            frame[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
+            target = (g * s + np.array([ox, oy, ox, oy]))[None]
+            d = apply_calibration(det(frame)[0], calib)
+            d = d[d[:, 4] >= op]
+            hits += int(len(d) > 0 and bool((iou(target, d[:, :4]) >= 0.3).any()))
+        recall.append(round(hits / max(len(pool), 1), 3))
+    return {"heights": list(SMALL_HEIGHTS), "faces": len(pool), "recall": recall}
+
+
 def size_table(results: dict[str, dict]) -> str:
     """Markdown table of recall by face height at each detector's operating threshold."""
     first = next(iter(results.values()))["recall_by_height"]
@@ -327,6 +363,11 @@ def size_table(results: dict[str, dict]) -> str:
         rec = r["recall_by_height"]["recall"]
         lines.append(f"| {name} (score >= {r['operating_threshold']}) | " +
                      " | ".join("-" if v is None else f"{v:.2f}" for v in rec) + " |")
+    small = next(iter(results.values()))["small_faces"]
+    lines += ["", f"| recall of one val face shrunk to h px in a 320x240 frame ({small['faces']} faces) | " +
+              " | ".join(str(h) for h in small["heights"]) + " |", "|---" * (len(small["heights"]) + 1) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in r["small_faces"]["recall"]) + " |")
     return "\n".join(lines)
 
 
@@ -345,6 +386,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=600, help="latency runs per detector (default: %(default)s)")
     ap.add_argument("--out", default="runs/detector/eval", help="output folder (default: %(default)s)")
     ap.add_argument("--update-manifest", action="store_true", help="write the figures into model.json")
+    ap.add_argument("--skip-baselines", action="store_true", help="score our model(s) only (ablations)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     out = Path(args.out)
@@ -352,15 +394,8 @@ def main() -> None:
 
     # 1. data: the scored split and the calibration images (train split)
     root = Path(args.data)
-    lms = read_landmarks(root)
-
-    def load(names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        ims = [cv2.imread(str(root / "images" / n)) for n in names]
-        gl = [lms.get(n, np.zeros((0, 4, 2), np.float32)) for n in names]
-        return ims, [boxes_from_landmarks(g) for g in gl], gl
-
-    images, gts, gt_lms = load(read_split(root, args.split)[: args.limit or None])
-    cal_images, cal_gts, _ = load(read_split(root, "train")[: args.calib])
+    images, gts, gt_lms = load_split(root, args.split, args.limit)
+    cal_images, cal_gts, _ = load_split(root, "train", args.calib)
 
     # 2. detectors (low thresholds: the PR curve needs the whole score range)
     model = Path(args.model)
@@ -369,26 +404,30 @@ def main() -> None:
     if args.fp32:
         dets["ours fp32"] = ours(fp32_folder(Path(args.fp32), model, out / "fp32_model"), 0.05)
         files["ours fp32"] = Path(args.fp32)
-    dets["YuNet"] = yunet(args.yunet, 0.05)
-    files["YuNet"] = Path(args.yunet)
-    dets["Haar frontal"] = haar()
+    if not args.skip_baselines:
+        dets["YuNet"] = yunet(args.yunet, 0.05)
+        files["YuNet"] = Path(args.yunet)
+        dets["Haar frontal"] = haar()
 
     # 3. accuracy, each with its train-fitted box calibration
     results, curves = {}, {}
+    shipped = json.loads((model / "model.json").read_text())
     for name, det in dets.items():
+        op = BASELINE_OPERATING.get(name, shipped["output"]["score_threshold"])
         calib = calibration(run_detector(det, cal_images, name + " calib"), cal_gts)
-        results[name], curves[name] = evaluate_one(name, det, images, gts, gt_lms, calib, OPERATING[name])
+        results[name], curves[name] = evaluate_one(name, det, images, gts, gt_lms, calib, op)
+        results[name]["small_faces"] = smallest_face(det, images[:200], gts[:200], op, calib)
         print(name, results[name], flush=True)
 
     # 4. cost: latency side by side at the operating thresholds (ours: the manifest's; YuNet 0.6), MACs, sizes
     frame = cv2.resize(images[0], (320, 240), interpolation=cv2.INTER_AREA)
-    timed = {"ours int8 (shipped)": ours(model, None), "YuNet": yunet(args.yunet, 0.6),
-             "Haar frontal": dets["Haar frontal"]}
+    timed = {"ours int8 (shipped)": ours(model, None)}
+    if not args.skip_baselines:
+        timed |= {"YuNet": yunet(args.yunet, 0.6), "Haar frontal": dets["Haar frontal"]}
     if args.fp32:
         timed["ours fp32"] = ours(out / "fp32_model", None)
     for name, ms in latency(timed, frame, args.runs).items():
         results[name]["latency_ms"] = round(ms, 3)
-    shipped = json.loads((model / "model.json").read_text())
     for name, f in files.items():
         results[name]["file_bytes"] = f.stat().st_size
         results[name]["macs_320x240"] = conv_macs(f, 256, 320)  # both pad 240 rows to 256

@@ -190,6 +190,9 @@ def main() -> None:
     ap.add_argument("ckpt", help="training checkpoint (ckpt.pt)")
     ap.add_argument("--out", default="edgecam/models/face_detector", help="model folder (default: %(default)s)")
     ap.add_argument("--image", default="", help="a test image for the comparison (default: random input only)")
+    ap.add_argument("--data", default="../shared/data/detection/webfaces", help="WebFaces (default: %(default)s)")
+    ap.add_argument("--threshold-images", type=int, default=500,
+                    help="train images to pick the default score threshold on; 0 keeps 0.5 (default: %(default)s)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -230,6 +233,31 @@ def main() -> None:
             data["metrics"] = old.get("metrics", {})
     mpath.write_text(json.dumps(data, indent=2) + "\n")
     print(f"{mpath}: sha256 {sha[:12]}")
+    # 5. default score threshold: best F1 (IoU 0.5) on TRAIN images (val stays untouched)
+    if args.threshold_images:
+        thr, f1 = pick_threshold(out, Path(args.data), args.threshold_images)
+        data["output"]["score_threshold"] = thr
+        data["output"]["score_threshold_note"] = (f"best F1 ({f1:.3f}, IoU 0.5) on the first {args.threshold_images} "
+                                                  "WebFaces train images")
+        mpath.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"score threshold {thr} (train F1 {f1:.3f})")
+
+
+def pick_threshold(folder: Path, data: Path, n: int) -> tuple[float, float]:
+    """Score threshold with the best F1 at IoU 0.5 on the first ``n`` train images, rounded to 0.05."""
+    from edgecam.detect import FaceDetector
+    from training.detector.evaluate import load_split, match
+
+    images, gts, _ = load_split(data, "train", n)
+    det = FaceDetector(folder, score_threshold=0.05)
+    scores, tps, n_gt = match([det(im)[0] for im in images], gts, 0.5)
+    best = (0.5, 0.0)
+    for thr in np.arange(0.1, 0.9, 0.05):
+        tp = int(tps[scores >= thr].sum())
+        f1 = 2 * tp / max(int((scores >= thr).sum()) + n_gt, 1)
+        if f1 > best[1]:
+            best = (round(float(thr), 2), f1)
+    return best
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ convention box, or IoU >= 0.3). What is left becomes:
   * a pseudo face when YuNet's score >= ``--face-score``: YuNet's box and its landmarks (eyes, nose, the
     mean of the two mouth corners), trained at half landmark weight;
   * an ignore region when ``--ignore-score`` <= score < ``--face-score``: no loss pushes our score down there.
-YuNet only teaches; it never ships. Output: JSON {image: {"boxes", "landmarks", "ignore"}}.
+YuNet only teaches; it never ships. Output: JSON {image: {"boxes", "landmarks", "scores", "ignore"}}.
 
     python -m training.detector.pseudo_label --out runs/detector/pseudo_train.json   # ~4 min on 1 core
 
@@ -89,6 +89,7 @@ def pseudo_labels(root: Path, split: str = "train", yunet: str = YUNET, face_sco
         faces = extra[extra[:, 12] >= face_score]
         if len(extra):
             out[name] = {"boxes": faces[:, :4].round(2).tolist(), "landmarks": faces[:, 4:12].round(2).tolist(),
+                         "scores": faces[:, 12].round(3).tolist(),
                          "ignore": extra[extra[:, 12] < face_score][:, :4].round(2).tolist()}
     return out
 

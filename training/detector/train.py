@@ -41,6 +41,7 @@ class TrainConfig:
     data: str = "../shared/data/detection/webfaces"  # WebFaces folder (train split only is used)
     negatives: str = "../shared/data/detection/negatives"  # face-free images ("" = none)
     pseudo: str = "runs/detector/pseudo_train.json"  # YuNet pseudo-labels (made if missing; "" = labels only)
+    soft_pseudo: bool = False  # heatmap target of a pseudo face = YuNet's score (a soft teacher) instead of 1
     out: str = "runs/detector/main"  # checkpoints, log and loss curve go here
     cache: str = "runs/cache"  # decoded-image cache ("" = none)
     model: str = "tinyface_m"  # registered model name
@@ -66,11 +67,14 @@ class TrainConfig:
 # ------------------------------------------------------------------------------------------------- losses
 
 
-def heat_loss(logit: torch.Tensor, gt: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """CenterNet focal loss (alpha 2, beta 4), ignore weight ``w`` on negatives, per positive."""
+def heat_loss(logit: torch.Tensor, gt: torch.Tensor, pos: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """CenterNet focal loss (alpha 2, beta 4), ignore weight ``w`` on negatives, per positive.
+
+    At the positive cells the loss is the quality focal loss BCE(p, t) * |t - p|^2 against the target ``t``
+    there: CenterNet's -log(p) (1 - p)^2 when t = 1, a soft teacher target when t < 1.
+    """
     p = torch.sigmoid(logit)
-    pos = gt >= 1.0
-    pos_l = -(F.logsigmoid(logit) * (1 - p) ** 2)[pos].sum()
+    pos_l = (F.binary_cross_entropy_with_logits(logit, gt, reduction="none") * (gt - p).abs() ** 2)[pos].sum()
     neg_l = -(F.logsigmoid(-logit) * p**2 * (1 - gt) ** 4 * w)[~pos].sum()
     return (pos_l + neg_l) / pos.sum().clamp(min=1)
 
@@ -88,7 +92,7 @@ def giou_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 def detection_loss(out: torch.Tensor, t: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Heatmap focal loss + box (log-L1, GIoU) + landmark L1 losses; ``total`` is their weighted sum."""
-    heat = heat_loss(out[:, 0], t["heat"], t["heat_w"])
+    heat = heat_loss(out[:, 0], t["heat"], t["pos"], t["heat_w"])
     rw, lw = t["reg_w"], t["lm_w"]
     pos = rw > 0
     pred_box, gt_box = out[:, 1:5].permute(0, 2, 3, 1)[pos], t["reg"][:, :4].permute(0, 2, 3, 1)[pos]
@@ -141,11 +145,19 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
             if f.name == "aug":
                 continue
             default = getattr(cls(), f.name)
-            ap.add_argument(f"--{prefix}{f.name}", type=type(default), default=default,
-                            help=f"(default: {default})")
+            kind = _parse_bool if isinstance(default, bool) else type(default)
+            ap.add_argument(f"--{prefix}{f.name}", type=kind, default=default, help=f"(default: {default})")
     ns = vars(ap.parse_args(argv))
     aug = AugConfig(**{k[4:]: v for k, v in ns.items() if k.startswith("aug.")})
     return TrainConfig(**{k: v for k, v in ns.items() if not k.startswith("aug.")}, aug=aug)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (true/false)")
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
@@ -170,7 +182,7 @@ def train(cfg: TrainConfig) -> Path:
     if pseudo is not None and not pseudo.is_file():
         write_pseudo_labels(pseudo, Path(cfg.data))
     samples = load_samples(Path(cfg.data), "train", Path(cfg.cache) if cfg.cache else None, pseudo,
-                           limit=cfg.limit or None)
+                           limit=cfg.limit or None, soft_pseudo=cfg.soft_pseudo)
     negatives = [empty_sample(im) for im in load_negatives(Path(cfg.negatives))] if cfg.negatives else []
     logger.info("%d train images (%d faces), %d negatives", len(samples), sum(len(s.boxes) for s in samples),
                 len(negatives))
