@@ -47,6 +47,16 @@ def boxes_from_landmarks(lms: np.ndarray) -> np.ndarray:
     return np.array([box_from_landmarks(lm) for lm in lms], np.float32).reshape(-1, 4)
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU (N, M) of boxes (N, 4) and (M, 4), x1,y1,x2,y2."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
 # ----------------------------------------------------------------------------------------------- reading
 
 

@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from edgecam.detect import FaceDetector
 from edgecam.manifest import sha256_file
-from training.detector.data import boxes_from_landmarks, read_landmarks, read_split
-from training.detector.pseudo_label import YUNET, iou, yunet_detect
+from training.detector.data import boxes_from_landmarks, iou, read_landmarks, read_split
+from training.detector.pseudo_label import YUNET, yunet_detect
 
 BASELINE_OPERATING = {"YuNet": 0.6, "Haar frontal": 0.0}  # thresholds in use (ours: model.json's)
 Detect = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]  # bgr -> boxes (N,5), landmarks (N,4,2)
@@ -51,14 +51,15 @@ def ours(folder: Path, threshold: float | None) -> Detect:
     return lambda bgr: det(bgr)
 
 
-def fp32_folder(fp32: Path, shipped: Path, tmp: Path) -> Path:
-    """A model folder for the fp32 export, with the shipped manifest (sha256 updated, no QDQ session option)."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    shutil.copy(fp32, tmp / "face_detector.onnx")
+def model_folder(onnx_path: Path, shipped: Path, folder: Path, session_config: dict[str, str]) -> Path:
+    """A model folder for another ONNX file: the shipped manifest with this file, its sha256 and session config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(onnx_path, folder / "face_detector.onnx")
     data = json.loads((shipped / "model.json").read_text())
-    data.update(file="face_detector.onnx", sha256=sha256_file(tmp / "face_detector.onnx"), session_config={})
-    (tmp / "model.json").write_text(json.dumps(data))
-    return tmp
+    data.update(file="face_detector.onnx", sha256=sha256_file(folder / "face_detector.onnx"),
+                session_config=session_config)
+    (folder / "model.json").write_text(json.dumps(data))
+    return folder
 
 
 def yunet(path: str, threshold: float) -> Detect:
@@ -402,7 +403,7 @@ def main() -> None:
     dets: dict[str, Detect] = {"ours int8 (shipped)": ours(model, 0.05)}
     files = {"ours int8 (shipped)": model / "face_detector.onnx"}
     if args.fp32:
-        dets["ours fp32"] = ours(fp32_folder(Path(args.fp32), model, out / "fp32_model"), 0.05)
+        dets["ours fp32"] = ours(model_folder(Path(args.fp32), model, out / "fp32_model", {}), 0.05)
         files["ours fp32"] = Path(args.fp32)
     if not args.skip_baselines:
         dets["YuNet"] = yunet(args.yunet, 0.05)

@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from training.detector.data import boxes_from_landmarks, read_landmarks, read_split
+from edgecam.detect import nms
+from training.detector.data import boxes_from_landmarks, iou, read_landmarks, read_split
 
 YUNET = "../shared/models/anchors/face_detection_yunet_2023mar_int8bq.onnx"
 
@@ -40,27 +41,6 @@ def yunet_detect(det: cv2.FaceDetectorYN, bgr: np.ndarray, scale: float) -> np.n
     lm = f[:, 4:14].reshape(-1, 5, 2)
     lm4 = np.concatenate([lm[:, :3], lm[:, 3:5].mean(1, keepdims=True)], 1).reshape(-1, 8)
     return np.hstack([boxes, lm4, f[:, 14:15]])
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU (N, M) of boxes (N, 4) and (M, 4), x1,y1,x2,y2."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> np.ndarray:
-    """Indices kept by greedy NMS, best score first."""
-    order = np.argsort(-scores)
-    keep = []
-    while len(order):
-        i = order[0]
-        keep.append(i)
-        order = order[1:][iou(boxes[i:i + 1], boxes[order[1:]])[0] < thr]
-    return np.array(keep, np.int64)
 
 
 def unmatched(dets: np.ndarray, gt: np.ndarray) -> np.ndarray:

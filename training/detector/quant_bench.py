@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ import cv2
 import numpy as np
 
 from training.detector.data import read_split
-from training.detector.evaluate import average_precision, load_split, match, ours
-from training.detector.export import SESSION_CONFIG
+from training.detector.evaluate import average_precision, load_split, match, model_folder, ours
+from training.detector.export import SESSION_CONFIG, ort_session
 from training.detector.train import INPUT_MEAN, INPUT_STD
 
 
@@ -57,14 +56,7 @@ def full_int8(fp32: Path, dst: Path, calib: list[Path]) -> None:
 
 def session_ms(path: Path, config: dict[str, str], x: np.ndarray, runs: int) -> float:
     """Median ms of a bare single-thread ``session.run``."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    for k, v in config.items():
-        opts.add_session_config_entry(k, v)
-    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    s = ort_session(path, config)
     for _ in range(20):
         s.run(None, {"input": x})
     t = []
@@ -73,18 +65,6 @@ def session_ms(path: Path, config: dict[str, str], x: np.ndarray, runs: int) -> 
         s.run(None, {"input": x})
         t.append(time.perf_counter() - t0)
     return float(np.median(t) * 1e3)
-
-
-def variant_folder(onnx_path: Path, shipped: Path, folder: Path, config: dict[str, str]) -> Path:
-    """A model folder for one variant (the shipped manifest with this file, sha256 and session config)."""
-    from edgecam.manifest import sha256_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(onnx_path, folder / "face_detector.onnx")
-    data = json.loads((shipped / "model.json").read_text())
-    data.update(file="face_detector.onnx", sha256=sha256_file(folder / "face_detector.onnx"), session_config=config)
-    (folder / "model.json").write_text(json.dumps(data))
-    return folder
 
 
 def main() -> None:
@@ -114,7 +94,7 @@ def main() -> None:
     x = grey_tensor(cv2.resize(images[0], (320, 240), interpolation=cv2.INTER_AREA))
     rows = {}
     for i, (name, (path, config)) in enumerate(variants.items()):
-        folder = variant_folder(path, shipped, out / f"v{i}", config)
+        folder = model_folder(path, shipped, out / f"v{i}", config)
         det = ours(folder, 0.05)
         dets = [det(im)[0] for im in images]
         rows[name] = {"session_ms": round(session_ms(path, config, x, args.runs), 3),
