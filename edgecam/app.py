@@ -255,18 +255,18 @@ class App:
         self._publish_states()
 
     def _emit(self, events: list[Event], arrived: float) -> None:
-        """Send events to every output: JSON lines, MQTT event + snapshot."""
+        """Send events to every output: MQTT event (on disk first) + snapshot, then JSON lines."""
         if not events:
             return
         assert self.pipeline is not None
         with self.pipeline.timer("publish"):
             for event in events:
-                for out in self.outputs:
-                    out.write(event)
                 if self.publisher is not None:
                     self.publisher.publish_event(event.payload, frame_time=arrived)
                     if event.image is not None:
                         self.publisher.publish_snapshot(encode_jpeg(event.image, self.cfg.snapshot.jpeg_quality))
+                for out in self.outputs:  # after the outbox: a line written here is never lost to a crash
+                    out.write(event)
 
     def _publish_states(self) -> None:
         """Faces in view and each enrolled person's presence, published when they change."""
@@ -440,7 +440,7 @@ def replay(cfg: Config, video: Path, speed: str = "max", events_path: Path | Non
     return run_app(App(cfg, source=make_source(cfg.camera.source), events_path=events_path, stdout=stdout))
 
 
-def run_daemon(cfg: Config) -> int:
+def run_daemon(cfg: Config, events_path: Path | None = None) -> int:
     """Run the camera daemon (``edgecam run``) until SIGTERM / SIGINT; exit status."""
-    run_app(App(cfg))
+    run_app(App(cfg, events_path=events_path))
     return 0

@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the camera daemon until SIGTERM / SIGINT."""
     from edgecam.app import run_daemon
 
-    return run_daemon(_load_config(args))
+    return run_daemon(_load_config(args), Path(args.events) if args.events else None)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run the camera daemon")
+    p.add_argument("--events", metavar="OUT.jsonl", help="also write events as JSON lines to this file")
     _add_runtime_options(p, config_required=True)
     p.set_defaults(func=cmd_run)
 
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level or "info")
     if args.log_level != "debug":  # ffmpeg and OpenCV print to stderr directly; our errors say what failed
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 _OUTPUT_KEYS = ("stride", "score_threshold", "nms_threshold", "peak_kernel", "top_k")
 _INPUT_KEYS = ("color", "mean", "std", "pad_multiple", "max_side")
+HEAD_CHANNELS = 13  # heat, box l,t,r,b, 4 landmarks x,y (see ``decode``)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -98,7 +99,7 @@ class FaceDetector:
         self.max_side = int(self.input["max_side"] if max_side is None else max_side)
         self.session: Any = session(self.manifest, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
-        self(np.zeros((240, 320, 3), np.uint8))  # warm-up
+        self._warm_up()
         logger.info("face detector %s loaded (threshold %.2f)", self.manifest.onnx_path, self.score_threshold)
 
     def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +124,18 @@ class FaceDetector:
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]] * sy, 0, h)
         lms *= np.array([sx, sy], np.float32)
         return boxes.reshape(-1, 5), lms.reshape(-1, 4, 2)
+
+    def _warm_up(self) -> None:
+        """Run once on a blank frame; ModelError when the ONNX graph does not fit the manifest's decoding."""
+        x = _pad(to_tensor([np.zeros((240, 320, 3), np.uint8)], self.input), int(self.input["pad_multiple"]))
+        try:
+            out = self.session.run(None, {self.input_name: x})[0]
+        except Exception as e:  # onnxruntime raises its own types for an input of the wrong shape or type
+            raise ModelError(f"{self.manifest.onnx_path}: cannot run on a {x.shape} input "
+                             f"({str(e).splitlines()[0][:160]})") from None
+        if out.ndim != 4 or out.shape[1] != HEAD_CHANNELS:
+            raise ModelError(f"{self.manifest.onnx_path}: output of shape {out.shape}, want (N, {HEAD_CHANNELS}, "
+                             "H, W) (not a face detector?)")
 
     def close(self) -> None:
         """Release the onnxruntime session."""

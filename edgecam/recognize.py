@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import cv2
 import numpy as np
 
 from edgecam import EdgecamError
@@ -159,7 +158,7 @@ class Recognizer:
         self.input_size: tuple[int, int] = (int(spec["size"][0]), int(spec["size"][1]))
         self.sess = session(self.manifest, threads)
         self.input_name = self.sess.get_inputs()[0].name
-        self.warm_up()
+        self.output_width = self.warm_up()
 
     def forward(self, crops: list[np.ndarray]) -> np.ndarray:
         """Raw model output (N, K) for same-size BGR crops."""
@@ -172,9 +171,19 @@ class Recognizer:
         x = to_tensor(crops, self.manifest.input)
         return np.asarray(self.sess.run(None, {self.input_name: x})[0], np.float32).reshape(len(crops), -1)
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> int:
+        """Run once on a blank crop; the width of the output. ModelError when the graph does not fit model.json."""
         w, h = self.input_size
-        self.forward([np.zeros((h, w, 3), np.uint8)])
+        try:
+            return int(self.forward([np.zeros((h, w, 3), np.uint8)]).shape[1])
+        except Exception as e:  # onnxruntime raises its own types for an input of the wrong shape or type
+            raise ModelError(f"{self.manifest.onnx_path}: cannot run on a {w}x{h} crop as model.json describes it "
+                             f"({str(e).splitlines()[0][:160]})") from None
+
+    def _check_output_width(self, want: int, what: str) -> None:
+        if self.output_width != want:
+            raise ModelError(f"{self.manifest.onnx_path}: {self.output_width} outputs per crop, model.json says "
+                             f"{want} ({what})")
 
     def __call__(self, crops: list[np.ndarray]) -> list[Identity]:
         raise NotImplementedError
@@ -200,6 +209,7 @@ class EmbeddingRecognizer(Recognizer):
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"{self.manifest.folder}/model.json: output needs dim and "
                              "thresholds.known/unknown") from None
+        self._check_output_width(self.dim, "output.dim")
         if self.t_unknown > self.t_known:
             raise ModelError(f"{self.manifest.folder}/model.json: thresholds.unknown {self.t_unknown} is above "
                              f"thresholds.known {self.t_known}")
@@ -243,6 +253,7 @@ class ClassifierRecognizer(Recognizer):
             raise ModelError(f"{self.manifest.folder}/model.json: the classifier kind needs output.type "
                              "'classifier' and a labels list")
         self.labels = self.manifest.labels
+        self._check_output_width(len(self.labels), "labels")
         self.threshold = float(out.get("threshold", 0.5))
         self.softmax = out.get("activation", "softmax") == "softmax"
 
@@ -312,9 +323,9 @@ def enroll_folder(detector: Detector, recognizer: Recognizer, folder: Path, gall
     for person in people:
         crops = []
         for path in sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_EXT):
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            bgr, reason = _read_image(path)
             crop, reason = enroll_crop(detector, recognizer.input_size, bgr, gate) if bgr is not None \
-                else (None, "not a readable image")
+                else (None, reason)
             results.append((path, crop is not None, reason))
             if crop is not None:
                 crops.append(crop)
@@ -325,6 +336,16 @@ def enroll_folder(detector: Detector, recognizer: Recognizer, folder: Path, gall
     if any(ok for _, ok, _ in results):
         gallery.save(gallery_path)
     return results
+
+
+def _read_image(path: Path) -> tuple[np.ndarray | None, str]:
+    """An enrollment image as BGR, or None and why not (empty, not an image, zero-size, too large)."""
+    from edgecam.sources import SourceError, read_image
+
+    try:
+        return read_image(path), ""
+    except SourceError as e:
+        return None, str(e).removeprefix(f"{path}: ")
 
 
 def identify_image(detector: Detector, recognizer: Recognizer, bgr: np.ndarray) -> list[dict[str, Any]]:

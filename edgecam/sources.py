@@ -45,6 +45,10 @@ MAX_IMAGE_PIXELS = 40_000_000
 """Largest image ``read_image`` accepts (40 MP; an 8K frame is 33 MP)."""
 
 
+TRUNCATED_FRACTION = 0.9
+"""A replay that decodes fewer than this fraction of the frames its file announces is reported as truncated."""
+
+
 class SourceError(EdgecamError):
     """A source that cannot be opened or read (names the device or file)."""
 
@@ -456,6 +460,7 @@ class ReplaySource(Source):
         self._cap: Any = None
         self._index = 0
         self._fps = 0.0
+        self._announced = 0  # frame count in the file's header (0: unknown)
         self._pace: tuple[float, float] | None = None  # (wall clock, file time) of the first frame
 
     @classmethod
@@ -479,6 +484,7 @@ class ReplaySource(Source):
             raise SourceError(f"{self.path}: not a video OpenCV can read")
         self._cap, self._index, self._pace = cap, 0, None
         self._fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._announced = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
 
     def next(self, timeout: float = 0.0) -> Frame | None:
         """The next frame of the file (``timeout`` unused: a file never stalls); EndOfStream at the end."""
@@ -490,6 +496,9 @@ class ReplaySource(Source):
         if not ok:
             if self._index == 0:
                 raise SourceError(f"{self.path}: no frame could be decoded (not a video, or truncated)")
+            if self._index < TRUNCATED_FRACTION * self._announced:
+                raise SourceError(f"{self.path}: truncated or corrupt: decoding stopped after {self._index} of the "
+                                  f"{self._announced} frames the file announces")
             raise EndOfStream
         bgr = to_bgr(raw)
         if bgr is None:

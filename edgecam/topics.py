@@ -39,6 +39,8 @@ EVENT_TYPE_KEY = "type"
 """Key of an event's kind (new/update/end) in the event JSON."""
 EVENT_TYPES = ("new", "update", "end")
 RESERVED_NAMES = frozenset({"events", "snapshot", "stats", "set", "availability"})
+RESERVED_PERSON_NAMES = RESERVED_NAMES | {FACES_STATE, DETECTION_STATE}
+"""A person's state topic is ``<prefix>/<camera>/<name>``: these would collide with edgecam's own topics."""
 MAX_COMMAND_BYTES = 1024
 COMMANDS = ("detection", "snapshot", "enroll")
 
@@ -151,7 +153,9 @@ def _parse_enroll(payload: bytes, allow_enroll: bool) -> bytes:
     except (ValueError, UnicodeDecodeError) as exc:
         raise CommandError(f"enroll payload is not JSON: {exc}") from None
     name = obj.get("name") if isinstance(obj, dict) else None
-    if not isinstance(name, str) or not _PERSON_NAME.match(name) or name in RESERVED_NAMES:
+    if isinstance(name, str) and name in RESERVED_PERSON_NAMES:
+        raise CommandError(f"enroll name {name!r} is reserved ({', '.join(sorted(RESERVED_PERSON_NAMES))})")
+    if not isinstance(name, str) or not _PERSON_NAME.match(name):
         raise CommandError(f'enroll payload {payload[:60]!r}: want {{"name": <1-64 letters, digits, space . \' ->}}')
     return name.encode("utf-8")
 

@@ -181,7 +181,7 @@ def test_enroll_folder_reasons_and_atomic_write(embed_model: Path, tmp_path: Pat
     assert results["alice/3.png"] == (False, "no face found")
     assert "2 faces" in results["bob/1.png"][1]
     assert "too blurry" in results["bob/2.png"][1]
-    assert results["bob/3.jpg"] == (False, "not a readable image")
+    assert results["bob/3.jpg"] == (False, "not an image OpenCV can decode")
     assert Gallery.load(gallery, rec.model_sha, 3).people == ["alice"]
 
     # a failure half-way leaves the gallery as it was
