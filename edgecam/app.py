@@ -231,13 +231,23 @@ class App:
                 self._tick(got)
         except EndOfStream:
             logger.info("%s: end of stream after %d frames", self.source.description, self.pipeline.counts.frames)
-        except Exception as e:  # a source that cannot go on (bad file): reported by the caller
+        except Exception as e:  # a source that cannot go on (bad file), an output that broke: the caller reports it
             self.error = e
             logger.debug("worker stopped by an error", exc_info=True)
         finally:
+            self._finish(frame)
+
+    def _finish(self, frame: Frame | None) -> None:
+        """End the open tracks (their ``end`` events go out) and mark the worker done, whatever fails."""
+        assert self.pipeline is not None
+        try:
             if frame is not None:
                 self._emit(self.pipeline.finish(frame), time.monotonic())
                 self._publish_states()
+        except Exception as e:  # an output that broke while flushing
+            self.error = self.error or e
+            logger.debug("ending the open tracks failed", exc_info=True)
+        finally:
             self._t_end = time.monotonic()
             self._done.set()
 

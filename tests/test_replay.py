@@ -126,3 +126,13 @@ def test_bench_table() -> None:
     r = edgecam("bench", "--frames", "10", "--repeat", "1")
     assert r.returncode == 0, r.stderr
     assert "frames/s" in r.stdout and "peak RSS" in r.stdout and "detect" in r.stdout
+
+
+@needs_detector
+def test_replay_stops_when_stdout_is_closed() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "edgecam", "replay", str(CLIP), "--speed", "realtime"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    assert proc.stdout is not None and proc.stdout.readline()  # the first event
+    proc.stdout.close()  # like `| head -1`
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"Exception ignored" not in err
