@@ -257,9 +257,7 @@ class App:
         try:
             events = self.pipeline.process(frame)
         except Exception:
-            self.pipeline.counts.errors += 1
-            if self.pipeline.counts.errors <= 5 or self.pipeline.counts.errors % 100 == 0:
-                logger.exception("frame %d: pipeline error (%d so far)", frame.index, self.pipeline.counts.errors)
+            self._count_error("frame %d: pipeline error", frame.index)
             return
         self._emit(events, arrived)
         self._publish_states()
@@ -272,11 +270,27 @@ class App:
         with self.pipeline.timer("publish"):
             for event in events:
                 if self.publisher is not None:
-                    self.publisher.publish_event(event.payload, frame_time=arrived)
-                    if event.image is not None:
-                        self.publisher.publish_snapshot(encode_jpeg(event.image, self.cfg.snapshot.jpeg_quality))
+                    self._publish(event, arrived)
                 for out in self.outputs:  # after the outbox: a line written here is never lost to a crash
                     out.write(event)
+
+    def _publish(self, event: Event, arrived: float) -> None:
+        """Queue one event (and its snapshot) for MQTT; a failure (outbox unwritable) is logged and counted."""
+        assert self.publisher is not None and self.pipeline is not None
+        try:
+            self.publisher.publish_event(event.payload, frame_time=arrived)
+            if event.image is not None:
+                self.publisher.publish_snapshot(encode_jpeg(event.image, self.cfg.snapshot.jpeg_quality))
+        except Exception:
+            self._count_error("event %s seq %s: publishing failed", event.payload["id"], event.payload["seq"])
+
+    def _count_error(self, message: str, *args: Any) -> None:
+        """Count an error and log it with its traceback (the first 5, then every 100th)."""
+        assert self.pipeline is not None
+        self.pipeline.counts.errors += 1
+        n = self.pipeline.counts.errors
+        if n <= 5 or n % 100 == 0:
+            logger.exception("%s (%d errors so far)", message % args, n)
 
     def _publish_states(self) -> None:
         """Faces in view and each enrolled person's presence, published when they change."""

@@ -375,3 +375,15 @@ def test_enroll_command_adds_the_face_in_view_to_the_gallery(tmp_path: Path) -> 
         app.stop()
     assert Gallery.load(gallery, str(load_manifest(model).data["sha256"]), 3).people == ["alice"]
     assert ("alice", True) in pub.states
+
+
+def test_publish_failure_is_counted_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    class Broken(FakePublisher):
+        def publish_event(self, event: dict[str, Any], frame_time: float | None = None) -> int:
+            raise OSError("disk full")
+
+    clip = write_clip(tmp_path / "c.mp4")
+    pub = Broken()
+    app = App(config(), source=ReplaySource(clip), publisher=pub, detector=SquareDetector())
+    stats = run_app(app)
+    assert app.error is None and stats["frames"] == 50 and stats["errors"] == 2  # new + end both failed
