@@ -7,17 +7,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgecam-installed
+TRAIN_STAMP := $(VENV)/.edgecam-train-installed
 CLIP := edgecam/data/corridor.mp4
 # The demo runs the recognizer too once it is shipped (deploy/configs/demo.yaml names it).
 DEMO_CONFIG := $(if $(wildcard edgecam/models/face_recognizer/model.json),--config deploy/configs/demo.yaml,)
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup mosquitto lint clean
+.PHONY: demo test setup setup-train mosquitto lint clean
 
 demo: setup
 	$(BIN)/edgecam replay $(CLIP) --speed max $(DEMO_CONFIG)
 
-test: setup mosquitto
+test: setup-train mosquitto
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
@@ -25,6 +26,13 @@ lint: setup
 	$(BIN)/mypy
 
 setup: $(STAMP)
+
+# The tests also run the training code (a few iterations): torch (CPU build), onnx, tqdm.
+setup-train: $(TRAIN_STAMP)
+
+$(TRAIN_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
+	touch $(TRAIN_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,4 +53,4 @@ mosquitto:
 	fi
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(STAMP)
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(STAMP) $(TRAIN_STAMP)
