@@ -77,14 +77,19 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     for path, ok, reason in results:
         print(f"{'ok  ' if ok else 'skip'} {path}{'' if ok else ': ' + reason}")
     enrolled = sum(ok for _, ok, _ in results)
+    if not enrolled:
+        raise EdgecamError(f"{folder}: none of its {len(results)} images could be enrolled "
+                           f"({args.gallery} not written)")
     print(f"enrolled {enrolled} of {len(results)} images into {args.gallery}")
-    return 0 if enrolled else 2
+    return 0
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    """Detect and name the faces in images against an enrolled gallery."""
-    gallery = Path(args.gallery)
-    if not gallery.exists():
+    """Detect and name the faces in images against an enrolled gallery (or with a classifier)."""
+    gallery = Path(args.gallery) if args.gallery else None
+    if args.recognizer_type == "identity" and gallery is None:
+        raise EdgecamError("--gallery is required with --recognizer-type identity")
+    if gallery is not None and not gallery.exists():
         raise EdgecamError(f"{gallery}: gallery not found (create it with 'edgecam enroll')")
     images = [(p, _read_image(p)) for p in args.images]
     from edgecam.detect import FaceDetector
@@ -209,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("identify", help="name the faces in images against a gallery")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--gallery", required=True, help="gallery file written by 'edgecam enroll'")
+    p.add_argument("--gallery", help="gallery file written by 'edgecam enroll' (required for the identity kind)")
     p.add_argument("--json", action="store_true", help="one JSON line per image (default: text)")
     _add_model_options(p, recognizer=True)
     p.set_defaults(func=cmd_identify)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,7 @@ class Gallery:
                 sha = str(z["model_sha"])
         except FileNotFoundError:
             raise GalleryError(f"{path}: gallery not found (create it with 'edgecam enroll')") from None
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise GalleryError(f"{path}: not a gallery file ({e})") from None
         if sha != model_sha:
             raise GalleryError(f"{path}: enrolled with another model (sha256 {sha[:12]}…, this one "

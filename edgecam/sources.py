@@ -86,7 +86,10 @@ def read_image(path: Path) -> np.ndarray:
     data = np.fromfile(str(path), np.uint8)
     if data.size == 0:
         raise SourceError(f"{path}: empty file")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as e:  # a codec that is compiled in but switched off (OpenEXR), or one that fails
+        raise SourceError(f"{path}: not an image OpenCV can decode ({str(e.err).split('.')[0]})") from None
     if bgr is None:
         raise SourceError(f"{path}: not an image OpenCV can decode")
     return check_image(bgr, str(path))
@@ -461,6 +464,7 @@ class ReplaySource(Source):
         self._index = 0
         self._fps = 0.0
         self._announced = 0  # frame count in the file's header (0: unknown)
+        self._first: tuple[np.ndarray, float] | None = None  # decoded by open(), returned by the first next()
         self._pace: tuple[float, float] | None = None  # (wall clock, file time) of the first frame
 
     @classmethod
@@ -485,6 +489,24 @@ class ReplaySource(Source):
         self._cap, self._index, self._pace = cap, 0, None
         self._fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._announced = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+        try:  # decode the first frame now: a file that opens but cannot be played fails before any output
+            self._first = self._decode()
+        except SourceError:
+            self.close()
+            raise
+        if self._first is None:
+            self.close()
+            raise SourceError(f"{self.path}: no frame could be decoded (not a video, or truncated)")
+
+    def _decode(self) -> tuple[np.ndarray, float] | None:
+        """The next frame as checked BGR and its timestamp; None when the decoder has no more."""
+        ok, raw = self._cap.read()
+        if not ok:
+            return None
+        bgr = to_bgr(raw)
+        if bgr is None:
+            raise SourceError(f"{self.path}: frame {self._index} has unsupported shape/dtype")
+        return check_image(bgr, str(self.path)), self._timestamp()
 
     def next(self, timeout: float = 0.0) -> Frame | None:
         """The next frame of the file (``timeout`` unused: a file never stalls); EndOfStream at the end."""
@@ -492,18 +514,13 @@ class ReplaySource(Source):
             raise SourceError(f"{self.path}: not open")
         if self.max_frames and self._index >= self.max_frames:
             raise EndOfStream
-        ok, raw = self._cap.read()
-        if not ok:
-            if self._index == 0:
-                raise SourceError(f"{self.path}: no frame could be decoded (not a video, or truncated)")
+        item, self._first = self._first or self._decode(), None
+        if item is None:
             if self._index < TRUNCATED_FRACTION * self._announced:
                 raise SourceError(f"{self.path}: truncated or corrupt: decoding stopped after {self._index} of the "
                                   f"{self._announced} frames the file announces")
             raise EndOfStream
-        bgr = to_bgr(raw)
-        if bgr is None:
-            raise SourceError(f"{self.path}: frame {self._index} has unsupported shape/dtype")
-        frame = Frame(self._index, self._timestamp(), check_image(bgr, str(self.path)))
+        frame = Frame(self._index, item[1], item[0])
         self._index += 1
         self.stats.frames += 1
         if self.speed == "realtime":

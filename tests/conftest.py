@@ -2,19 +2,27 @@
 
 ``broker`` starts one mosquitto per test (generated config, persistence on so a stopped-and-restarted broker
 keeps the subscriber's session and the messages queued for it), stops it afterwards. ``Broker.stop()``,
-``.start()``, ``.restart()`` and ``.kill()`` inject outages mid-test. ``broker_factory(extra_conf)`` starts
+``.start()``, ``.restart()``, ``.kill()`` and ``.pause()`` / ``.resume()`` (SIGSTOP: a hung broker) inject
+outages mid-test. ``broker_factory(extra_conf)`` starts
 brokers with extra config lines (TLS listeners, password files, ACLs). ``collector(topics)`` subscribes with
 QoS 1 on a persistent session and records every message with its arrival time.
+
+``notify_socket`` is a fake systemd ``NOTIFY_SOCKET`` (a real unix datagram socket, read by a thread) for the
+daemon in-process or as a child process. ``fault_report`` collects the figures of the fault and bad-input
+suites (events produced / received / lost / duplicated, inputs tried / crashes); they are written to
+``runs/reliability/report.json`` and printed at the end of the session.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -107,12 +115,23 @@ class Broker:
         """Stop mosquitto cleanly (SIGTERM: it saves its persistence file)."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.resume()
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP mosquitto: connections stay open, nothing is answered (a hung broker, a half-open link)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL mosquitto (no persistence save): the harshest outage."""
@@ -246,3 +265,123 @@ def collector(broker: Broker) -> Iterator[Callable[..., Collector]]:
     yield make
     for c in made:
         c.stop()
+
+
+# ---------------------------------------------------------------------------------------------- systemd notify
+
+
+@dataclass
+class Notification:
+    text: str
+    t: float  # time.monotonic() at arrival
+
+
+class NotifySocket:
+    """A fake systemd notify socket: a unix datagram socket whose datagrams a thread records with arrival times.
+
+    ``env`` holds ``NOTIFY_SOCKET`` (and ``WATCHDOG_USEC`` when a watchdog interval is given) for a child
+    process; ``monkeypatch.setenv`` the same for the daemon in-process.
+    """
+
+    def __init__(self, watchdog_s: float | None = None) -> None:
+        self._dir = tempfile.mkdtemp(prefix="ntfy")  # short: unix socket paths are limited to ~107 bytes
+        self.path = os.path.join(self._dir, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.env = {"NOTIFY_SOCKET": self.path}
+        if watchdog_s is not None:
+            self.env["WATCHDOG_USEC"] = str(int(watchdog_s * 1e6))
+        self.messages: list[Notification] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="fake-systemd", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(Notification(data.decode("utf-8", "replace"), time.monotonic()))
+
+    def texts(self, since: float = 0.0) -> list[str]:
+        """Every datagram received at or after ``since`` (monotonic time)."""
+        with self._lock:
+            return [m.text for m in self.messages if m.t >= since]
+
+    def times(self, line: str, since: float = 0.0) -> list[float]:
+        """Arrival times of the datagrams holding ``line`` (e.g. ``WATCHDOG=1``)."""
+        with self._lock:
+            return [m.t for m in self.messages if m.t >= since and line in m.text.split("\n")]
+
+    def status_lines(self) -> list[str]:
+        """The ``STATUS=`` texts in order."""
+        return [part[len("STATUS="):] for text in self.texts() for part in text.split("\n")
+                if part.startswith("STATUS=")]
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[Callable[..., NotifySocket]]:
+    """``make(watchdog_s=None) -> NotifySocket``; closed at teardown."""
+    made: list[NotifySocket] = []
+
+    def make(watchdog_s: float | None = None) -> NotifySocket:
+        n = NotifySocket(watchdog_s)
+        made.append(n)
+        return n
+
+    yield make
+    for n in made:
+        n.close()
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+REPORT_PATH = Path(__file__).resolve().parents[1] / "runs" / "reliability" / "report.json"
+
+
+class FaultReport:
+    """Rows of measured figures, one per fault or bad-input case, keyed by ``suite``."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, object]] = []
+
+    def add(self, suite: str, name: str, **figures: object) -> None:
+        """Record one row (``suite`` is ``faults``, ``badinput``, ``fuzz``, ``security`` or ``soak``)."""
+        self.rows.append({"suite": suite, "name": name, **figures})
+
+    def write(self, path: Path = REPORT_PATH) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.rows, indent=1, default=str) + "\n")
+
+
+_REPORT = FaultReport()
+
+
+@pytest.fixture
+def fault_report() -> FaultReport:
+    """The session's ``FaultReport`` (written to runs/reliability/report.json and summarised at the end)."""
+    return _REPORT
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _REPORT.rows:
+        return
+    _REPORT.write()
+    tr = terminalreporter
+    tr.section("reliability figures")
+    for row in _REPORT.rows:
+        figures = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("suite", "name"))
+        tr.write_line(f"{row['suite']:9} {row['name']}: {figures}")
+    tr.write_line(f"(written to {REPORT_PATH})")
