@@ -93,3 +93,11 @@ def test_targets_peak_soft_teacher_score_and_ignore() -> None:
     iy, ix = np.argwhere(t["pos"])[0]
     cx, cy = ix * 4 + 1.5, iy * 4 + 1.5
     np.testing.assert_allclose(np.exp(t["reg"][:4, iy, ix]) * 4, [cx - 30, cy - 25, 70 - cx, 75 - cy], rtol=1e-5)
+
+
+def test_warm_restart_schedule_extends_the_first_cosine_unchanged() -> None:
+    from training.detector.train import TrainConfig, lr_at
+
+    one, two = TrainConfig(iters=600, warmup=10), TrainConfig(iters=900, warmup=10, restart_at=600, restart_lr=1e-3)
+    assert all(lr_at(s, one) == lr_at(s, two) for s in range(600))  # resuming a finished run is exact
+    assert lr_at(600, two) == pytest.approx(1e-3) and lr_at(899, two) < 1e-4

@@ -50,6 +50,8 @@ class TrainConfig:
     lr: float = 4e-3  # peak AdamW learning rate
     weight_decay: float = 5e-4
     warmup: int = 150  # linear warm-up steps
+    restart_at: int = 0  # > 0: the first cosine ends here and a second one (SGDR warm restart) runs to ``iters``
+    restart_lr: float = 1e-3  # peak learning rate of the second cosine
     ema: float = 0.998  # weight EMA decay (the EMA weights are exported)
     w_box: float = 1.0  # weight of the log-distance L1 box loss
     w_giou: float = 1.0  # weight of the GIoU box loss
@@ -127,11 +129,16 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to 2 % of the peak."""
+    """Linear warm-up then cosine decay to 2 % of the peak; with ``restart_at`` a second cosine from
+    ``restart_lr`` over the remaining steps (the first one then ends at ``restart_at``)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.iters - cfg.warmup)
-    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+    if cfg.restart_at and step >= cfg.restart_at:
+        peak, start, end = cfg.restart_lr, cfg.restart_at, cfg.iters
+    else:
+        peak, start, end = cfg.lr, cfg.warmup, cfg.restart_at or cfg.iters
+    frac = (step - start) / max(1, end - start)
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 # -------------------------------------------------------------------------------------------------- config
