@@ -456,7 +456,10 @@ class Publisher:
         return info.mid, info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _on_reject(self, seq: int, reason: str) -> None:
-        self._note_error(f"broker rejected event row {seq} on {self.topics.events}: {reason}")
+        """One ERROR while the broker keeps refusing events for the same reason (an ACL), each row at DEBUG."""
+        logger.debug("MQTT: broker rejected event row %d: %s", seq, reason)
+        self._note_error(f"broker rejects events on {self.topics.events}: {reason} (rejected events are dropped, "
+                         "counted as 'rejected' in the stats)")
 
     # ------------------------------------------------------------------------------------------------------------
     # helpers
