@@ -1,0 +1,33 @@
+"""The soak of CI: ``deploy/soak.py`` for 2 minutes (``EDGECAM_SOAK_S`` overrides): RSS growth under 10 % after
+the warm-up, throughput steady, zero events lost. The hour-long run is a README command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FaultReport, needs_mosquitto
+from faultlib import CLIP_REASON, HAVE_CLIP_AND_DETECTOR, ROOT
+
+pytestmark = [needs_mosquitto, pytest.mark.skipif(not HAVE_CLIP_AND_DETECTOR, reason=CLIP_REASON),
+              pytest.mark.slow]
+
+SOAK_S = float(os.environ.get("EDGECAM_SOAK_S", "120"))
+
+
+def test_soak(tmp_path: Path, fault_report: FaultReport) -> None:
+    warmup = min(30.0, SOAK_S / 4)
+    proc = subprocess.run([sys.executable, str(ROOT / "deploy" / "soak.py"), "--duration", str(SOAK_S),
+                           "--warmup", str(warmup), "--interval", "10", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=SOAK_S + 180, cwd=ROOT)
+    r = json.loads((tmp_path / "soak.json").read_text())
+    fault_report.add("soak", f"deploy/soak.py --duration {SOAK_S:.0f}", rss_after_warmup_mb=r["rss_mb"]["after_warmup"],
+                     rss_end_mb=r["rss_mb"]["end"], rss_growth_pct=r["rss_mb"]["growth_pct"],
+                     fps_median=r["fps"]["median"], fps_min_over_median=r["fps"]["min_over_median"], **r["events"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert r["rss_mb"]["growth_pct"] < 10 and r["events"]["lost"] == 0 and r["events"]["produced"] > 100
+    assert (tmp_path / "soak.png").exists() and "verdict: ok" in proc.stdout
