@@ -182,9 +182,16 @@ def cases() -> list[Case]:
     for model, why in DETECTOR_MODELS.items():
         out.append(Case("models", f"detect-{model}", ("detect", "--model", f"{{root}}/models/{model}", FACE), (why,),
                         names=model))
-    out.append(Case("models", "replay-config-det_wrong_output", ("replay", str(CLIP), "--config",
-                    "{tmp}/det.yaml", "--events", "{tmp}/events.jsonl"), ("want (N, 13, H, W)",),
-                    untouched=("{tmp}/events.jsonl",)))
+    for model, why in DETECTOR_MODELS.items():
+        if model != "det_nowhere":  # a missing folder is a config error (below)
+            out.append(Case("models", f"replay-config-{model}", ("replay", str(CLIP), "--config",
+                            f"{{tmp}}/{model}.yaml", "--events", "{tmp}/events.jsonl"), (why,), names=model,
+                            untouched=("{tmp}/events.jsonl",)))
+    for model, why in RECOGNIZER_MODELS.items():
+        if model != "rec_nowhere":
+            out.append(Case("models", f"replay-config-{model}", ("replay", str(CLIP), "--config",
+                            f"{{tmp}}/{model}.yaml", "--events", "{tmp}/events.jsonl"), (why,), names=model,
+                            untouched=("{tmp}/events.jsonl",)))
     for model, why in RECOGNIZER_MODELS.items():
         rec = ("--recognizer", f"{{root}}/models/{model}")
         out.append(Case("models", f"identify-{model}", ("identify", "--gallery", "{root}/gallery.npz", *rec, FACE),
@@ -219,7 +226,10 @@ CASES = cases()
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.category}:{c.id}" for c in CASES])
 def test_bad_input_one_line_exit_2(case: Case, corpus: Path, cli: Callable[[list[str]], Result],
                                    tmp_path: Path) -> None:
-    (tmp_path / "det.yaml").write_text(f"detector:\n  model: {corpus}/models/det_wrong_output\n")
+    for model in DETECTOR_MODELS:
+        (tmp_path / f"{model}.yaml").write_text(f"detector:\n  model: {corpus}/models/{model}\n")
+    for model in RECOGNIZER_MODELS:
+        (tmp_path / f"{model}.yaml").write_text(f"recognizer:\n  model: {corpus}/models/{model}\n")
     (corpus / "configs" / "empty.yaml").write_text("")
     argv = [fill(a, corpus, tmp_path) for a in case.argv]
     r = cli(argv)

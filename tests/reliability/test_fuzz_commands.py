@@ -135,7 +135,8 @@ def test_the_daemon_survived_the_fuzz(fuzzed: Fuzzed, fault_report: FaultReport)
     assert client.wait_for(all_counted, 60), (fuzzed.sent, mqtt_counts(), d.stderr()[-2000:])
     counts = mqtt_counts()
     assert client.wait_for(lambda ms: [m.payload for m in ms if m.topic == f"{BASE}/detection"][-1:]
-                           == [fuzzed.last_detection], 10)
+                           == [fuzzed.last_detection], 10), ([m.payload for m in client.on(f"{BASE}/detection")][-5:],
+                                                             fuzzed.last_detection)
     assert d.alive
     d.signal(signal.SIGTERM)
     rc = d.wait(30)
@@ -146,6 +147,6 @@ def test_the_daemon_survived_the_fuzz(fuzzed: Fuzzed, fault_report: FaultReport)
                      ignored=counts["bad_commands"], per_topic=fuzzed.counts,
                      crashes=int(rc != 0 or not traceback_free(stderr)))
     assert rc == 0 and traceback_free(stderr), stderr[-3000:]
-    assert counts["commands"] + counts["bad_commands"] == fuzzed.sent
-    assert counts["bad_commands"] > 0 and counts["commands"] > 0
+    assert counts["commands"] + counts["bad_commands"] == fuzzed.sent, (counts, fuzzed)
+    assert counts["bad_commands"] > 0 and counts["commands"] > 0, counts
     assert "MQTT: ignored command" in stderr and "command enroll" in stderr
