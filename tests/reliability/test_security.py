@@ -22,7 +22,6 @@ from faultlib import (
     CLIP,
     CLIP_REASON,
     HAVE_CLIP_AND_DETECTOR,
-    ROOT,
     Daemon,
     long_clip,
     read_jsonl,
@@ -258,9 +257,12 @@ def test_secrets_never_appear_anywhere(acl_broker: Broker, notify_socket: Callab
     cfg = write_config(tmp_path / "b.yaml", acl_broker, camera={"name": CAM, "source": source},
                        mqtt={"username": "cam", "password_file": str(tmp_path / "pw")}, stats_interval_s=1)
     b = Daemon(["--log-level", "debug", "run", "--config", str(cfg)], tmp_path, "b", env=systemd.env)
-    assert wait_for(lambda: b.stderr().count("open failed") >= 2, 30), b.stderr()[-3000:]
-    b.signal(signal.SIGTERM)
-    assert b.wait(30) == 0, b.stderr()[-3000:]
+    try:
+        assert wait_for(lambda: b.stderr().count("open failed") >= 2, 30), b.stderr()[-3000:]
+        b.signal(signal.SIGTERM)
+        assert b.wait(30) == 0, b.stderr()[-3000:]
+    finally:
+        b.kill()
     # 3. the same, wrong password (an error message about the broker), and bad configs holding secrets
     (tmp_path / "pw").write_text("wrong-" + CAM_PASSWORD + "\n")
     c = Daemon(["replay", str(CLIP), "--config", str(cfg)], tmp_path, "c")
@@ -287,4 +289,3 @@ def test_secrets_never_appear_anywhere(acl_broker: Broker, notify_socket: Callab
     assert "rtsp://admin:***@" in b.stderr() and "refused the connection" in c.stderr()
     assert "***" in d.stderr() and "mqtt://cam:***@broker" in e.stderr()
     assert any(m.topic == f"edgecam/{CAM}/stats" for m in viewer.messages) and len(read_jsonl(tmp_path / "a.jsonl"))
-    assert ROOT.exists()
