@@ -150,3 +150,17 @@ def test_the_daemon_survived_the_fuzz(fuzzed: Fuzzed, fault_report: FaultReport)
     assert counts["commands"] + counts["bad_commands"] == fuzzed.sent, (counts, fuzzed)
     assert counts["bad_commands"] > 0 and counts["commands"] > 0, counts
     assert "MQTT: ignored command" in stderr and "command enroll" in stderr
+
+
+@pytest.mark.parametrize("name", ["face", "detection", "events", "snapshot", "stats", "set", "availability"])
+def test_enroll_names_that_collide_with_edgecam_topics_are_refused(name: str) -> None:
+    """A person's presence is published on ``<prefix>/<camera>/<name>``: these names would overwrite edgecam's own
+    topics (a person called ``face`` would publish ON/OFF over the faces-in-view count)."""
+    from edgecam.topics import CommandError, parse_command
+
+    with pytest.raises(CommandError, match="reserved"):
+        parse_command("enroll", json.dumps({"name": name}).encode(), allow_enroll=True)
+    other = name + "2"
+    assert parse_command("enroll", json.dumps({"name": other}).encode(), allow_enroll=True) == other.encode()
+    with pytest.raises(CommandError, match="want"):
+        parse_command("enroll", json.dumps({"name": [name]}).encode(), allow_enroll=True)  # unhashable: no TypeError
