@@ -113,9 +113,9 @@ def test_replay_missing_video_exit_2(tmp_path: Path) -> None:
 
 @needs_detector
 def test_bench_json_figures() -> None:
-    r = edgecam("bench", "--frames", "30", "--repeat", "1", "--json")
+    r = edgecam("bench", "--frames", "30", "--repeat", "1", "--threads", "1", "--json")
     assert r.returncode == 0, r.stderr
-    b = json.loads(r.stdout)
+    b = json.loads(r.stdout)["runs"][0]  # one run: our detector, one thread
     assert b["frames"] == 30 and b["fps"] > 0 and b["peak_rss_mb"] > 10
     assert {"source", "motion", "detect"} <= set(b["stage_ms"])
     assert 0 <= b["frames_skipped_motion"] <= 30 and 0 <= b["recognizer_pixel_fraction"] < 1
@@ -123,7 +123,7 @@ def test_bench_json_figures() -> None:
 
 @needs_detector
 def test_bench_table() -> None:
-    r = edgecam("bench", "--frames", "10", "--repeat", "1")
+    r = edgecam("bench", "--frames", "10", "--repeat", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert "frames/s" in r.stdout and "peak RSS" in r.stdout and "detect" in r.stdout
 
