@@ -82,12 +82,13 @@ class App:
         events_path: Also write events as JSON lines to this file.
         stdout: Where events go as JSON lines when there is no broker (default ``sys.stdout``).
         detector, recognizer: Preloaded models (default: loaded from ``cfg``; owned, and closed, by the caller).
+        show: An ``edgecam.show.Show`` (annotated video, report): an output, and called for every frame.
     """
 
     def __init__(self, cfg: Config, source: Source | None = None, publisher: Any | None = None,
                  events_path: Path | None = None, stdout: IO[str] | None = None, detector: Detector | None = None,
-                 recognizer: Recognizer | None = None) -> None:
-        self.cfg, self.source, self.publisher = cfg, source, publisher
+                 recognizer: Recognizer | None = None, show: Any | None = None) -> None:
+        self.cfg, self.source, self.publisher, self.show = cfg, source, publisher, show
         self.detector, self.recognizer = detector, recognizer
         self.events_path, self._stdout = events_path, stdout
         self.outputs: list[JsonLines] = []
@@ -179,6 +180,8 @@ class App:
             self.outputs.append(JsonLines.to_file(self.events_path))
         if self.cfg.mqtt is None and self.publisher is None:
             self.outputs.append(JsonLines(self._stdout or sys.stdout))
+        if self.show is not None:
+            self.outputs.append(self.show)
         self._cleanup.append(("outputs", self._close_outputs))
 
     def _close_outputs(self) -> None:
@@ -261,6 +264,8 @@ class App:
             return
         self._emit(events, arrived)
         self._publish_states()
+        if self.show is not None:
+            self.show.frame(frame, self.pipeline, events)
 
     def _emit(self, events: list[Event], arrived: float) -> None:
         """Send events to every output: MQTT event (on disk first) + snapshot, then JSON lines."""
@@ -457,11 +462,12 @@ def run_app(app: App) -> dict[str, Any]:
 
 
 def replay(cfg: Config, video: Path, speed: str = "max", events_path: Path | None = None,
-           stdout: IO[str] | None = None) -> dict[str, Any]:
+           stdout: IO[str] | None = None, show: Any | None = None) -> dict[str, Any]:
     """Replay ``video`` through the daemon pipeline (``edgecam replay``); the final stats."""
     cfg = cfg.model_copy(update={"camera": cfg.camera.model_copy(
         update={"source": ReplaySourceConfig.model_construct(path=video, speed=speed)})})
-    return run_app(App(cfg, source=make_source(cfg.camera.source), events_path=events_path, stdout=stdout))
+    return run_app(App(cfg, source=make_source(cfg.camera.source), events_path=events_path, stdout=stdout,
+                       show=show))
 
 
 def run_daemon(cfg: Config, events_path: Path | None = None) -> int:

@@ -105,11 +105,13 @@ class Pipeline:
         self.detection_enabled = cfg.detector.enabled
         self.timer = StageTimer()
         self.counts = PipelineCounts()
+        self.last_observations: list[Observation] = []  # the detections of the last frame (for edgecam.show)
 
     def process(self, frame: Frame) -> list[Event]:
         """Run the stages on one frame; the events it produced."""
         self.counts.frames += 1
         self.counts.frame_pixels += frame.bgr.shape[0] * frame.bgr.shape[1]
+        self.last_observations = []
         with self.timer("motion"):
             gate = self.motion(frame.bgr)
         if not gate.run or not self.detection_enabled:
@@ -122,6 +124,7 @@ class Pipeline:
             tracks = self.tracker.assign(boxes, frame.index, frame.timestamp)
         with self.timer("crops"):
             observations, crops = self._measure(frame, boxes, landmarks, tracks)
+        self.last_observations = observations
         if crops:
             with self.timer("recognize"):
                 self._recognize(observations, crops)

@@ -1,0 +1,185 @@
+"""edgecam replay --annotate / --report: the video decodes with every frame drawn on, the report is valid HTML whose
+images exist; drawing units on synthetic frames."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecam import MODELS_DIR
+from edgecam.crops import Quality
+from edgecam.show import Annotator, Report, event_line, short_id, who
+from edgecam.sources import Frame
+from edgecam.track import Event, Observation, Track
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP = REPO / "edgecam" / "data" / "corridor.mp4"
+needs_detector = pytest.mark.skipif(not (MODELS_DIR / "face_detector" / "model.json").exists(),
+                                    reason="the face detector is not shipped yet")
+VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+
+class StrictParser(HTMLParser):
+    """Collects img src values and checks that every non-void element is closed in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.images: list[str] = []
+        self.errors: list[str] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"] or "")
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def parse_report(path: Path) -> StrictParser:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    p = StrictParser()
+    p.feed(text)
+    p.close()
+    assert not p.errors and not p.stack, (p.errors, p.stack)
+    ET.fromstring(text.split("\n", 1)[1])  # also well-formed XML (XHTML-compatible output)
+    return p
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------- the real CLI
+
+
+@needs_detector
+def test_replay_annotate_and_report_on_the_bundled_clip(tmp_path: Path) -> None:
+    out, report = tmp_path / "annotated.mp4", tmp_path / "report.html"
+    r = subprocess.run([sys.executable, "-m", "edgecam", "replay", str(CLIP), "--annotate", str(out), "--report",
+                        str(report)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert events, "the clip has people walking through it"
+
+    # the video: every frame, same size, drawn on (boxes) where the detector found faces
+    src, drawn = read_video(CLIP), read_video(out)
+    assert len(drawn) == len(src) == 76 and drawn[0].shape == src[0].shape
+    first_new = min(e["frame"] for e in events if e["type"] == "new")
+    x1, y1, x2, y2 = (int(v) for v in next(e["box"] for e in events if e["frame"] == first_new))
+    diff = np.abs(drawn[first_new].astype(int) - src[first_new].astype(int)).max(2)
+    edge = np.concatenate([diff[y1:y2, max(0, x1 - 2):x1 + 3].ravel(), diff[y1:y2, x2 - 2:x2 + 3].ravel()])
+    assert (edge > 60).mean() > 0.3, "the face box is drawn where the event says"
+    assert np.median(diff) < 25, "outside the drawings the frame is the source's (codec noise aside)"
+
+    # the report: valid HTML, one row per track, every image it references exists and is the track's best crop
+    p = parse_report(report)
+    ids = {e["id"] for e in events}
+    assert {"svg", "table", "img", "title"} <= p.tags
+    html_text = report.read_text()
+    assert all(i in html_text for i in ids) and len(p.images) == len(ids)
+    for src_path in p.images:
+        img = cv2.imread(str(report.parent / src_path))
+        assert img is not None and min(img.shape[:2]) > 10, src_path
+    assert "frames_skipped_motion" in html_text and "detect ms/frame" in html_text
+
+
+@needs_detector
+@pytest.mark.parametrize(("option", "name", "message"), [
+    ("--annotate", "out.txt", "want a .mp4 or .avi"),
+    ("--annotate", "missing/out.mp4", "does not exist"),
+    ("--report", "out.pdf", "want a .html"),
+    ("--report", "missing/r.html", "does not exist"),
+])
+def test_replay_bad_output_paths_are_one_line_exit_2(tmp_path: Path, option: str, name: str, message: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "edgecam", "replay", str(CLIP), option, str(tmp_path / name)],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not r.stdout
+
+
+# ---------------------------------------------------------------------------------------------- units
+
+
+def _track(confirmed: bool, identity: tuple[str, str, float] = ("alice", "known", 1.0)) -> Track:
+    return Track("abcd1234-00007", np.array([40, 30, 100, 110, 0.9], np.float32), 0, 0.0, 0, 0.0,
+                 confirmed=confirmed, identity=identity)
+
+
+def _observation(track: Track, ok: bool = True) -> Observation:
+    lm = np.array([[55, 60], [85, 60], [70, 80], [70, 95]], np.float32)
+    return Observation(track, track.box, lm, Quality(60, 100, 0.0, ok, "" if ok else "blurred"))
+
+
+def test_names_and_event_lines() -> None:
+    assert short_id("abcd1234-00007") == "#7"
+    payload = {"type": "new", "id": "abcd1234-00007", "identity": "alice", "status": "known"}
+    assert event_line(payload) == "NEW #7 alice"
+    assert who({**payload, "status": "uncertain"}) == "alice? (uncertain)"
+    assert who({**payload, "identity": "unknown", "status": "unknown"}) == "unknown"
+
+
+def test_annotator_draws_box_landmarks_and_labels(tmp_path: Path) -> None:
+    ann = Annotator(tmp_path / "a.avi", fps=10)
+    bgr = np.full((180, 240, 3), 128, np.uint8)
+    frames = [Frame(i, i / 10, bgr) for i in range(3)]
+    ann.frame(frames[0], [], [], detected=False)
+    ann.frame(frames[1], [_observation(_track(True))], [], detected=True)
+    ann.frame(frames[2], [_observation(_track(False), ok=False)], [], detected=True)
+    ann.close()
+    assert (bgr == 128).all(), "the source frame is not drawn on"
+    drawn = read_video(tmp_path / "a.avi")
+    assert len(drawn) == 3
+    known = drawn[1].astype(int)
+    assert known[70, 40, 1] > 170 and known[70, 40, 0] < 140, "known track: a green box edge at x1"
+    assert np.abs(known[60, 55] - [255, 120, 0]).max() < 80, "the image-left eye landmark"
+    tentative = drawn[2].astype(int)
+    assert np.abs(tentative[70, 40] - 160).max() < 40, "tentative track: grey box"
+    assert np.abs(drawn[0].astype(int)[90:, :] - 128).max() < 20, "nothing drawn below the status line"
+
+
+def test_report_escapes_names_and_references_written_crops(tmp_path: Path) -> None:
+    rep = Report(tmp_path / "r.html", Path("clip.mp4"))
+    base = {"id": "abcd1234-00001", "camera": "c", "label": "face", "identity": "<b>&bob</b>", "status": "known",
+            "scores": {"detection": 0.9, "detection_max": 0.9, "identity": 1.0}, "box": [1.0, 2.0, 3.0, 4.0],
+            "start": 0.5, "frames": {"first": 1, "last": 3, "hits": 3, "votes": 2},
+            "snapshot": {"frame": 2, "score": 0.9}}
+    rep.seen(Frame(0, 0.0, np.zeros((2, 2, 3), np.uint8)))
+    rep.seen(Frame(40, 4.0, np.zeros((2, 2, 3), np.uint8)))
+    rep.event(Event({**base, "type": "new", "seq": 0, "end": None, "timestamp": 0.7, "frame": 3},
+                    np.full((40, 30, 3), 200, np.uint8)))
+    rep.event(Event({**base, "type": "end", "seq": 1, "end": 2.0, "timestamp": 3.0, "frame": 30}))
+    page = rep.write_html({"frames": 41, "stage_ms_per_frame": {"detect": 1.0}})
+    p = parse_report(page)
+    assert p.images == ["r_files/000_abcd1234-00001.jpg"] and (tmp_path / p.images[0]).is_file()
+    text = page.read_text()
+    assert "<b>&bob</b>" not in text and "&lt;b&gt;&amp;bob&lt;/b&gt;" in text
