@@ -1,4 +1,4 @@
-"""The ``edgecam`` command line: detect, enroll, identify, replay, run, check-config, bench.
+"""The ``edgecam`` command line: detect, enroll, identify, replay, run, check-config, bench, models verify.
 
 Exit codes: 0 ok, 2 bad usage / config / input (one line per problem on stderr, naming the thing that is wrong),
 1 anything else. Commands import their stage modules lazily so ``edgecam --help`` stays fast.
@@ -133,7 +133,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     events = Path(args.events) if args.events else None
-    stats = replay(cfg, Path(args.video), speed=args.speed, events_path=events)
+    show = None
+    if args.annotate or args.report:
+        from edgecam.show import Show
+
+        show = Show(Path(args.video), Path(args.annotate) if args.annotate else None,
+                    Path(args.report) if args.report else None)
+    stats = replay(cfg, Path(args.video), speed=args.speed, events_path=events, show=show)
+    if show is not None:
+        show.finish(stats)
     logger.info("replay done: %d frames at %.1f frames/s, %d skipped by motion, %d detector runs, %d faces, "
                 "%d events", stats["frames"], stats["fps"], stats["frames_skipped_motion"], stats["detector_runs"],
                 stats["faces"], stats["events"])
@@ -159,14 +167,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the pipeline and its stages on this machine."""
-    from edgecam.bench import print_table, run_bench
+    from edgecam.bench import bench, parse_threads, print_table
 
     cfg = _load_config(args)
-    result = run_bench(cfg, Path(args.video), frames=args.frames, threads=args.threads, repeat=args.repeat)
+    result = bench(cfg, Path(args.video), frames=args.frames, threads=parse_threads(args.threads),
+                   repeat=args.repeat, baseline=Path(args.baseline) if args.baseline else None)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print_table(result)
+    return 0
+
+
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    """Check every shipped model (or the named ones) against its model.json; exit 2 when one fails."""
+    from edgecam.verify import print_verdicts, verdicts_json, verify
+
+    verdicts = verify(args.models)
+    if args.json:
+        print(verdicts_json(verdicts))
+    else:
+        print_verdicts(verdicts)
+    failed = [v.folder.name for v in verdicts if not v.ok]
+    if failed:
+        raise EdgecamError(f"{len(failed)} of {len(verdicts)} models failed verification: {', '.join(failed)}")
     return 0
 
 
@@ -223,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", metavar="VIDEO")
     p.add_argument("--speed", choices=["max", "realtime"], default="max", help="pace (default: %(default)s)")
     p.add_argument("--events", metavar="OUT.jsonl", help="also write events as JSON lines to this file")
+    p.add_argument("--annotate", metavar="OUT.mp4", help="write the video with faces, landmarks, identities and "
+                   "track ids drawn (.mp4 or .avi; default: none)")
+    p.add_argument("--report", metavar="OUT.html", help="write a one-page HTML report: event timeline, best crop "
+                   "of each track (in OUT_files/), stats (default: none)")
     _add_runtime_options(p, config_required=False)
     p.set_defaults(func=cmd_replay)
 
@@ -241,10 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=0, help="stop after this many frames, 0 = whole clip "
                    "(default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3, help="passes over the clip (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="inference and OpenCV threads (default: %(default)s)")
+    p.add_argument("--threads", default="1,all", metavar="LIST", help="inference and OpenCV thread counts to "
+                   "run, comma-separated, 'all' = every core (default: %(default)s)")
+    p.add_argument("--baseline", metavar="PATH", help="also run a reference detector in the same pipeline and "
+                   "print ratios: a YuNet .onnx (cv2.FaceDetectorYN) or an edgecam model folder (default: none)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: table)")
     _add_runtime_options(p, config_required=False)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("models", help="model artifacts: verify them against their model.json")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    v = msub.add_parser("verify", help="check sha256, input spec, a forward pass and the model card of each model")
+    v.add_argument("models", nargs="*", metavar="MODEL", help="model names or folders (default: every shipped model)")
+    v.add_argument("--json", action="store_true", help="print JSON instead of a table (default: table)")
+    v.set_defaults(func=cmd_models_verify)
     return parser
 
 
