@@ -1,9 +1,10 @@
 """int8 static post-training quantization of any edgecam model folder, checked against its fp32 original.
 
-    python deploy/quantize.py MODEL_DIR --calib DIR --out OUT_DIR [--check DIR] [--max 300]
+    python deploy/quantize.py MODEL_DIR --calib DIR --out OUT_DIR [--check DIR] [--max 300] [--size WxH]
 
 MODEL_DIR holds an fp32 ``.onnx`` and its ``model.json`` (the input spec gives size, colour order and
-normalisation). Calibration images (``--calib``, any folder tree of .jpg/.png/.pgm/.bmp: for a recognizer,
+normalisation; a model of any input size, like the detector, gets every image fitted into ``--size``).
+Calibration images (``--calib``, any folder tree of .jpg/.png/.pgm/.bmp: for a recognizer,
 aligned crops) run through a calibration data reader; activations get ranges from them (``--method``
 minmax | percentile | entropy), weights are int8 per output channel (symmetric), activations uint8, in QDQ
 format (onnxruntime fuses QDQ pairs into integer kernels; other runtimes read the same graph); tensor names
@@ -45,8 +46,10 @@ def list_images(folder: Path, limit: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def load_inputs(paths: list[Path], spec: dict) -> np.ndarray:
-    """Images -> the model's input batch (resized to the input size when the model has one)."""
+def load_inputs(paths: list[Path], spec: dict, free_size: tuple[int, int] = (320, 240)) -> np.ndarray:
+    """Images -> the model's input batch (resized to the input size when the model has one; a model of any
+    size, like the detector, gets each image fitted into ``free_size`` (w, h) rounded up to
+    ``input.pad_multiple``, aspect kept, padded with the mean pixel)."""
     ims = []
     for p in paths:
         im = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -56,8 +59,20 @@ def load_inputs(paths: list[Path], spec: dict) -> np.ndarray:
             w, h = spec["size"]
             if im.shape[:2] != (h, w):
                 im = cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA)
+        else:
+            im = fit(im, free_size, int(spec.get("pad_multiple", 1) or 1), spec.get("mean", [0.0]))
         ims.append(im)
     return to_tensor(ims, spec)
+
+
+def fit(im: np.ndarray, size: tuple[int, int], multiple: int, mean: list[float]) -> np.ndarray:
+    """``im`` scaled to fit (w, h) = ``size`` rounded up to ``multiple``, padded bottom/right with the mean."""
+    w, h = (-(-v // multiple) * multiple for v in size)
+    scale = min(w / im.shape[1], h / im.shape[0])
+    im = cv2.resize(im, (max(1, round(im.shape[1] * scale)), max(1, round(im.shape[0] * scale))),
+                    interpolation=cv2.INTER_AREA)
+    fill = [float(np.mean(mean))] * 3
+    return cv2.copyMakeBorder(im, 0, h - im.shape[0], 0, w - im.shape[1], cv2.BORDER_CONSTANT, value=fill)
 
 
 class FolderReader:
@@ -143,10 +158,15 @@ def ms_per_input(path: Path, x: np.ndarray, input_name: str, n: int = 100) -> fl
     return float(np.median(times) * 1000)
 
 
+def first_output(path: Path, x: np.ndarray, input_name: str) -> np.ndarray:
+    """(N, K) first output for each input, run one at a time (graphs exported with batch 1 work too)."""
+    s = session(path)
+    return np.concatenate([s.run(None, {input_name: x[i:i + 1]})[0].reshape(1, -1) for i in range(len(x))])
+
+
 def compare(fp32: Path, int8: Path, x: np.ndarray, input_name: str) -> dict[str, float]:
     """Agreement of the int8 model's outputs with fp32's on the same inputs, sizes and speed."""
-    a = session(fp32).run(None, {input_name: x})[0].reshape(len(x), -1)
-    b = session(int8).run(None, {input_name: x})[0].reshape(len(x), -1)
+    a, b = first_output(fp32, x, input_name), first_output(int8, x, input_name)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return {"inputs": len(x), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
             "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
@@ -164,13 +184,13 @@ def write_folder(src: Manifest, out_dir: Path, onnx_file: Path, record: dict) ->
 
 
 def run(model_dir: Path, calib_dir: Path, out_dir: Path, check_dir: Path | None, limit: int, method: str,
-        name: str | None = None, compact: bool = True) -> dict:
+        name: str | None = None, compact: bool = True, free_size: tuple[int, int] = (320, 240)) -> dict:
     """Quantize a model folder into ``out_dir``; returns the quantization record."""
     src = load_manifest(model_dir)
     spec = src.input
     input_name = spec.get("name", "input")
-    calib = load_inputs(list_images(calib_dir, limit), spec)
-    check = load_inputs(list_images(check_dir, limit, seed=1), spec) if check_dir else calib
+    calib = load_inputs(list_images(calib_dir, limit), spec, free_size)
+    check = load_inputs(list_images(check_dir, limit, seed=1), spec, free_size) if check_dir else calib
     out_dir.mkdir(parents=True, exist_ok=True)
     dst = out_dir / (name or src.onnx_path.name.replace(".onnx", "") + "_int8.onnx")
     if dst.resolve() == src.onnx_path.resolve():
@@ -182,7 +202,7 @@ def run(model_dir: Path, calib_dir: Path, out_dir: Path, check_dir: Path | None,
               "calibration_images": len(calib), "check": compare(src.onnx_path, dst, check, input_name),
               "command": " ".join(["python", "deploy/quantize.py", *sys.argv[1:]])}
     write_folder(src, out_dir, dst, record)
-    for extra in ("README.md",):
+    for extra in ["README.md", *(p.name for p in sorted(model_dir.glob("*.png")))]:  # the card and its plots
         if (model_dir / extra).exists() and not (out_dir / extra).exists():
             shutil.copy(model_dir / extra, out_dir / extra)
     return record
@@ -200,10 +220,19 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="output .onnx file name (default: <fp32 name>_int8.onnx)")
     ap.add_argument("--keep-names", action="store_true",
                     help="keep the quantizer's long tensor names (default: renamed to short ids)")
+    ap.add_argument("--size", default="320x240", help="WxH the images are fitted into for a model of any input "
+                    "size, like the detector (default: 320x240)")
     args = ap.parse_args()
     try:
+        size = tuple(int(v) for v in args.size.lower().split("x"))
+        if len(size) != 2 or min(size) < 8:
+            raise ValueError
+    except ValueError:
+        print(f"error: --size {args.size!r}: want WxH, e.g. 320x240", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
         record = run(args.model_dir, args.calib, args.out, args.check, args.max, args.method, args.name,
-                     not args.keep_names)
+                     not args.keep_names, (size[0], size[1]))
     except EdgecamError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
