@@ -269,6 +269,21 @@ def test_enroll_bad_images_leave_an_existing_gallery_as_it_was(corpus: Path, cli
     assert r.code == 2 and gallery.read_bytes() == before
 
 
+BROKEN_MODELS = [*DETECTOR_MODELS, *RECOGNIZER_MODELS]
+
+
+@pytest.mark.parametrize("model", BROKEN_MODELS)
+def test_models_verify_reports_every_broken_model(model: str, corpus: Path, cli: Callable[[list[str]], Result],
+                                                  tmp_path: Path) -> None:
+    """``edgecam models verify`` (a report, not one line) on every broken model folder: exit 2, no traceback."""
+    r = cli(["models", "verify", str(corpus / "models" / model)])
+    outcome = OUTCOMES.setdefault("models", [0, 0])
+    outcome[0] += 1
+    outcome[1] += r.escaped is not None or r.code not in (0, 2) or "Traceback" in r.err + r.out
+    assert r.escaped is None and r.code == 2, (r.code, r.err[-2000:])
+    assert "Traceback" not in r.err + r.out and f"failed verification: {model}" in r.error_lines()[-1]
+
+
 ACCEPTED = [  # unusual but valid inputs: exit 0 with a sensible result
     ("detect-grey16", ("detect", "--json", "{root}/media/ok/grey16.png"), 0),
     ("detect-rgba16", ("detect", "--json", "{root}/media/ok/rgba16.tiff"), 0),
