@@ -69,23 +69,30 @@ ERROR_LINE = re.compile(r" ERROR ")
 
 
 @pytest.fixture
-def tls_broker(broker_factory: Callable[..., Broker], pki: Path) -> tuple[Broker, int]:  # noqa: F811
-    """A plain listener (the test's subscriber) and a TLS listener that requires client certificates."""
-    tls_port = free_port()
-    b = broker_factory(f"listener {tls_port} 127.0.0.1\ncafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\n"
-                       f"keyfile {pki / 'server.key'}\nrequire_certificate true\n")
-    return b, tls_port
+def tls_broker(broker_factory: Callable[..., Broker], pki: Path) -> tuple[Broker, int, int]:  # noqa: F811
+    """A plain listener (the test's subscriber), a TLS listener that requires client certificates and one that
+    does not."""
+    with_cert, server_only = free_port(), free_port()
+    server = f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"
+    b = broker_factory(f"listener {with_cert} 127.0.0.1\n{server}require_certificate true\n"
+                       f"listener {server_only} 127.0.0.1\n{server}")
+    return b, with_cert, server_only
 
 
-@pytest.mark.parametrize("ca", ["ca", "wrongca"])
-def test_daemon_over_tls(tls_broker: tuple[Broker, int], pki: Path, tmp_path: Path,  # noqa: F811
-                         fault_report: FaultReport, ca: str) -> None:
-    """The daemon verifies the broker against the configured CA and presents its client certificate; with the
-    wrong CA it refuses the broker with one clear error, keeps its events on disk and exits normally."""
-    broker, tls_port = tls_broker
+@pytest.mark.parametrize(("ca", "client_cert"), [("ca", True), ("ca", False), ("wrongca", True)],
+                         ids=["client-cert", "server-only", "wrong-ca"])
+def test_daemon_over_tls(tls_broker: tuple[Broker, int, int], pki: Path, tmp_path: Path,  # noqa: F811
+                         fault_report: FaultReport, ca: str, client_cert: bool) -> None:
+    """The daemon verifies the broker against the configured CA and, where the broker wants one, presents its
+    client certificate; with the wrong CA it refuses the broker with one clear error, keeps its events on disk and
+    exits normally."""
+    broker, with_cert, server_only = tls_broker
+    port = with_cert if client_cert else server_only
     sub = Collector(broker.host, broker.port, [EVENTS])
-    tls = {"ca": str(pki / f"{ca}.crt"), "cert": str(pki / "client.crt"), "key": str(pki / "client.key")}
-    cfg = write_config(tmp_path / "edgecam.yaml", broker, mqtt={"port": tls_port, "tls": tls})
+    tls = {"ca": str(pki / f"{ca}.crt")}
+    if client_cert:
+        tls.update(cert=str(pki / "client.crt"), key=str(pki / "client.key"))
+    cfg = write_config(tmp_path / "edgecam.yaml", broker, mqtt={"port": port, "tls": tls})
     events = tmp_path / "events.jsonl"
     d = Daemon(["replay", str(CLIP), "--config", str(cfg), "--camera", CAM, "--events", str(events)], tmp_path, ca)
     try:
@@ -96,8 +103,9 @@ def test_daemon_over_tls(tls_broker: tuple[Broker, int], pki: Path, tmp_path: Pa
     errors = [line for line in stderr.splitlines() if ERROR_LINE.search(line)]
     if ca == "ca":
         t = tally(produced, received_until_complete(sub, EVENTS, produced, 30))
-        fault_report.add("security", "TLS with a test CA and a client certificate", **t.figures())
-        assert f"MQTT: connected to mqtts://127.0.0.1:{tls_port}" in stderr
+        what = "a client certificate" if client_cert else "no client certificate"
+        fault_report.add("security", f"TLS with a test CA and {what}", **t.figures())
+        assert f"MQTT: connected to mqtts://127.0.0.1:{port}" in stderr
         assert t.lost == 0 and not errors, errors
     else:
         queued = re.search(r"(\d+) queued on disk for the next start", stderr)
