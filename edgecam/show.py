@@ -203,6 +203,8 @@ class Report:
     def write_html(self, stats: dict[str, Any]) -> Path:
         """Write the best crops and the page; the page's path."""
         self.files.mkdir(exist_ok=True)
+        for old in self.files.glob("[0-9][0-9][0-9]_*.jpg"):  # crops of an earlier report at the same path
+            old.unlink()
         for i, rec in enumerate(self.tracks.values()):
             if rec.best is not None:
                 name = f"{i:03d}_{re.sub(r'[^A-Za-z0-9_-]', '_', rec.id)}.jpg"

@@ -183,3 +183,7 @@ def test_report_escapes_names_and_references_written_crops(tmp_path: Path) -> No
     assert p.images == ["r_files/000_abcd1234-00001.jpg"] and (tmp_path / p.images[0]).is_file()
     text = page.read_text()
     assert "<b>&bob</b>" not in text and "&lt;b&gt;&amp;bob&lt;/b&gt;" in text
+    (tmp_path / "r_files" / "007_stale.jpg").write_bytes(b"old")  # from an earlier report at the same path
+    (tmp_path / "r_files" / "notes.txt").write_text("mine")
+    rep.write_html({})
+    assert sorted(p.name for p in (tmp_path / "r_files").iterdir()) == ["000_abcd1234-00001.jpg", "notes.txt"]
