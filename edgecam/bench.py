@@ -371,3 +371,34 @@ def print_attention(a: dict[str, Any]) -> None:
           f"on the full frame ({'-' if rec_saving is None else f'{rec_saving:.1f}x'} fewer)")
     print(f"  with the detector ({a['detector_mmacs_per_frame']:.2f} M/frame): {a['spent_mmacs_per_frame']:.2f} "
           f"M/frame in all, {a['saving']:.2f}x fewer than the full-frame network")
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Stacked bars of ms per frame by stage, one bar per run, frames/s at the end of each (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EdgecamError("--plot needs matplotlib (pip install matplotlib)") from None
+    runs = result["runs"]
+    labels = [f"{r['detector']['label'].split(':')[0]} {r['threads']}t" for r in runs]
+    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.5 * len(runs)))
+    left = [0.0] * len(runs)
+    for stage in STAGES:
+        widths = [float(r["stage_ms_per_frame"].get(stage, 0.0)) for r in runs]
+        ax.barh(labels, widths, left=left, label=STAGE_LABELS[stage])
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for y, (x, r) in enumerate(zip(left, runs, strict=True)):
+        ax.text(x, y, f" {r['fps']:.1f} frames/s", va="center", fontsize=8)
+    w, h = result["frame_size"]
+    ax.set_xlabel("ms per frame (stage totals / frames)")
+    ax.set_title(f"edgecam bench: {Path(result['video']).name} ({w}x{h}), {result['frames']} frames x "
+                 f"{result['passes']}", fontsize=9)
+    ax.set_xlim(0, max(left) * 1.3 if max(left) > 0 else 1)
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, ncol=len(STAGES), loc="upper center", bbox_to_anchor=(0.5, -0.6 / (1 + len(runs))))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

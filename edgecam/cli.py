@@ -176,6 +176,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print_table(result)
+    if args.plot:
+        from edgecam.bench import plot
+
+        logger.info("bench plot: %s", plot(result, Path(args.plot)))
     return 0
 
 
@@ -274,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="PATH", help="also run a reference detector in the same pipeline and "
                    "print ratios: a YuNet .onnx (cv2.FaceDetectorYN) or an edgecam model folder (default: none)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: table)")
+    p.add_argument("--plot", metavar="OUT.png", help="also draw ms per frame by stage for each run (needs "
+                   "matplotlib; default: none)")
     _add_runtime_options(p, config_required=False)
     p.set_defaults(func=cmd_bench)
 

@@ -128,10 +128,13 @@ def test_bench_json_with_recognizer_counts_the_attention_saving(tmp_path: Path) 
     tiny_embedder(tmp_path / "tiny")
     cfg = tmp_path / "bench.yaml"
     cfg.write_text("recognizer:\n  type: identity\n  model: tiny\n")
-    r = edgecam("bench", "--frames", "20", "--repeat", "1", "--threads", "1,2", "--json", "--config", str(cfg))
+    r = edgecam("bench", "--frames", "20", "--repeat", "1", "--threads", "1,2", "--json", "--config", str(cfg),
+                "--plot", str(tmp_path / "bench.png"))
     assert r.returncode == 0, r.stderr
     b = json.loads(r.stdout)
     assert [run["threads"] for run in b["runs"]] == [1, 2] and b["ratios"] == {}
+    png = cv2.imread(str(tmp_path / "bench.png"))
+    assert png is not None and png.shape[0] > 100 and png.shape[1] > 500
     for run in b["runs"]:
         assert run["frames"] == 20 and run["fps"] > 0 and run["peak_rss_mb"] > 10
         assert {"source", "motion", "detect", "crops", "track"} <= set(run["stage_ms"])
