@@ -147,18 +147,24 @@ def run_bench(cfg: Config, video: Path, frames: int = 0, threads: int = 1, repea
         if recognizer is not None:
             recognizer.close()
     elapsed = time.perf_counter() - t0
-    stats = pipeline.stats(elapsed, skipped=skipped)
-    rec = getattr(recognizer, "manifest", None)
     return {"detector": {"role": "baseline" if baseline is not None else "ours", "label": info.label,
                          "onnx": str(info.onnx_path), "file_bytes": info.onnx_path.stat().st_size,
                          "input_shape": list(info.input_shape(*size))},
-            "recognizer": None if rec is None else {
-                "model": str(cfg.recognizer.model if cfg.recognizer else ""), "onnx": str(rec.onnx_path),
-                "input_shape": [1, 1 if rec.input.get("color") == "gray" else 3, pipeline.crop_size[1],
-                                pipeline.crop_size[0]]},
+            "recognizer": _recognizer_info(cfg, recognizer, pipeline.crop_size),
             "video": str(video), "frame_size": list(size), "passes": repeat, "threads": threads,
-            "model_load_s": round(load_s, 3), "elapsed_s": round(elapsed, 3), **stats,
+            "model_load_s": round(load_s, 3), "elapsed_s": round(elapsed, 3),
+            **pipeline.stats(elapsed, skipped=skipped),
             "ms_per_frame": round(1000 * elapsed / max(1, total), 3), "peak_rss_mb": peak_rss_mb()}
+
+
+def _recognizer_info(cfg: Config, recognizer: Any, crop_size: tuple[int, int]) -> dict[str, Any] | None:
+    """The recognizer's model, ONNX file and input tensor (1, C, H, W) of one crop; None without one."""
+    manifest = getattr(recognizer, "manifest", None)
+    if manifest is None or cfg.recognizer is None:
+        return None
+    channels = 1 if manifest.input.get("color") == "gray" else 3
+    return {"model": str(cfg.recognizer.model), "onnx": str(manifest.onnx_path),
+            "input_shape": [1, channels, crop_size[1], crop_size[0]]}
 
 
 def _child(cfg: Config, video: Path, frames: int, threads: int, repeat: int, baseline: Path | None) -> dict[str, Any]:
