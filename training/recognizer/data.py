@@ -16,6 +16,7 @@ Steps (outputs under ``--out``, default ``runs/recognizer/data``; both resumable
 
     python -m training.recognizer.data crops --landmarks detector     # crops.npy + meta.json (~3 min)
     python -m training.recognizer.data teacher                        # teacher.npy: SFace on crop + flip
+    python -m training.recognizer.data views --clean runs/recognizer/data_yunet   # detector-aligned views
 """
 
 from __future__ import annotations
@@ -156,6 +157,52 @@ def _append(meta: dict[str, list], source: str, person: str, split: str, path: s
     meta["path"].append(path)
 
 
+def build_runtime_views(shared: Path, out: Path, clean: Path | None) -> None:
+    """Write ``views.npz``: the training faces as our detector aligns them, with clean teacher targets.
+
+    - ``crops`` (M, 112, 112, 3) RGB: every WebFaces face that our detector finds (its landmarks within
+      0.35 eye distances of the ground truth), aligned on the detector's landmarks — the crop the daemon
+      will see, with the detector's landmark noise and bias;
+    - ``index`` (M,): the crop in ``crops.npy`` (ground-truth aligned) whose cached teacher embedding is
+      the target, so the student learns to give the clean crop's embedding for the detector's crop;
+    - ``targets`` (N, 2, 128): the teacher targets of ``crops.npy``, where LFW crops take the embedding of
+      the same image aligned on YuNet's landmarks (``clean``: a crop folder made with ``--landmarks yunet``)
+      instead of our detector's, when that folder has the image.
+    """
+    from edgecam.detect import FaceDetector
+    from training.detector.data import read_landmarks
+
+    meta = json.loads((out / "meta.json").read_text())
+    targets = np.load(out / "teacher.npy")
+    if clean is not None:
+        cmeta = json.loads((clean / "meta.json").read_text())
+        cteach = np.load(clean / "teacher.npy")
+        where = {p: i for i, (p, s) in enumerate(zip(cmeta["path"], cmeta["source"], strict=True)) if s == "lfw"}
+        for i, (p, s) in enumerate(zip(meta["path"], meta["source"], strict=True)):
+            if s == "lfw" and p in where:
+                targets[i] = cteach[where[p]]
+    index_of = {p: i for i, p in enumerate(meta["path"])}
+    det = FaceDetector()
+    web = shared / "data/detection/webfaces"
+    crops, index = [], []
+    for name, lms in tqdm(sorted(read_landmarks(web).items()), desc="detector views"):
+        bgr = cv2.imread(str(web / "images" / name))
+        if bgr is None:
+            continue
+        _, found = det(bgr)
+        for k, lm in enumerate(lms):
+            if len(found) == 0 or f"{name}#{k}" not in index_of:
+                continue
+            iod = float(np.linalg.norm(lm[1] - lm[0]))
+            err = np.linalg.norm(found - lm[None], axis=2).mean(1)
+            j = int(np.argmin(err))
+            if err[j] < 0.35 * iod:
+                crops.append(align(bgr, found[j], 112)[:, :, ::-1])
+                index.append(index_of[f"{name}#{k}"])
+    np.savez(out / "views.npz", crops=np.stack(crops), index=np.array(index), targets=targets)
+    print(f"{len(crops)} detector-aligned WebFaces views -> {out / 'views.npz'}")
+
+
 def build_teacher(out: Path, threads: int, chunk: int = 512) -> None:
     """Write ``teacher.npy`` (N, 2, 128): SFace embeddings of each crop and of its mirror (resumable)."""
     from training.recognizer.teacher import OnnxTeacher
@@ -182,7 +229,9 @@ def _batched(teacher: object, x: np.ndarray, batch: int = 16) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["crops", "teacher"])
+    ap.add_argument("step", choices=["crops", "teacher", "views"])
+    ap.add_argument("--clean", type=Path, default=None,
+                    help="views: a crop folder made with --landmarks yunet, for clean LFW targets (default: none)")
     ap.add_argument("--shared", type=Path, default=SHARED, help="the ../shared folder (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     ap.add_argument("--landmarks", choices=["detector", "yunet"], default="detector",
@@ -192,6 +241,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.step == "crops":
         build_crops(args.shared, args.out, args.landmarks)
+    elif args.step == "views":
+        build_runtime_views(args.shared, args.out, args.clean)
     else:
         build_teacher(args.out, args.threads)
 

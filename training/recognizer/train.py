@@ -12,6 +12,8 @@ Stages (each resumable: rerun the same command, or raise ``--steps`` to continue
     python -m training.recognizer.train prune --from runs/recognizer/kd/ckpt.pt --keep 0.5 --out ...
     # low-rank: per-channel SVD of the flatten head, SVD of 1x1 convs by energy, then fine-tuning
     python -m training.recognizer.train lowrank --from .../ckpt.pt --head-rank 2 --energy 0.9 --out ...
+    # more distillation of a checkpoint, here on the faces as our detector aligns them (clean targets)
+    python -m training.recognizer.train finetune --from .../ckpt.pt --p-view 0.5 --out ...
 
 Data: ``runs/recognizer/data`` from ``training.recognizer.data`` (crops + cached teacher embeddings). The
 training pool is every WebFaces face and the LFW ``train`` people; progress is measured on the ``calib``
@@ -85,15 +87,26 @@ class Batches:
     """Deterministic per-step batches: crops (+ mirror with the mirrored teacher target), labels."""
 
     def __init__(self, data: CropSet, teacher: np.ndarray | None, pool: np.ndarray, batch: int,
-                 labels: np.ndarray | None, seed: int):
+                 labels: np.ndarray | None, seed: int, views: Path | None = None, p_view: float = 0.0):
         self.crops = np.asarray(data.crops)  # load into memory (about 0.6 GB)
         self.teacher, self.pool, self.batch, self.labels, self.seed = teacher, pool, batch, labels, seed
+        self.views, self.view_of, self.p_view = None, {}, p_view
+        if views is not None and p_view > 0:  # detector-aligned views of the same faces, clean targets
+            z = np.load(views)
+            self.views, self.teacher = z["crops"], z["targets"]
+            self.view_of = {int(i): k for k, i in enumerate(z["index"])}
 
     def __call__(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, step])
         idx = rng.choice(self.pool, self.batch, replace=False)
         flip = rng.random(self.batch) < 0.5
         rgb = self.crops[idx].copy()
+        if self.views is not None:
+            use = rng.random(self.batch) < self.p_view
+            for j in np.flatnonzero(use):
+                k = self.view_of.get(int(idx[j]))
+                if k is not None:
+                    rgb[j] = self.views[k]
         rgb[flip] = rgb[flip, :, ::-1]
         x = augment(rgb, rng)
         t = torch.from_numpy(self.teacher[idx, flip.astype(int)]) if self.teacher is not None else None
@@ -155,7 +168,7 @@ def build(args: argparse.Namespace, data: CropSet) -> nn.Module:
 
         changes = prune(model, example, calib, keep_of)  # type: ignore[arg-type]
         logger.info("pruning: %s", changes)
-    elif args.stage == "lowrank":
+    elif args.stage == "lowrank":  # ("finetune": the checkpoint's model as it is)
         lowrank_head(model, args.head_rank)
         done = factorize_model(model, energy=args.energy, min_saving=args.min_saving, skip=("fc",))
         logger.info("low-rank: %s", done)
@@ -180,7 +193,7 @@ def lowrank_head(model: nn.Module, rank: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["labels", "kd", "prune", "lowrank"])
+    ap.add_argument("stage", choices=["labels", "kd", "prune", "lowrank", "finetune"])
     ap.add_argument("--out", type=Path, required=True, help="run folder (ckpt.pt, history.json)")
     ap.add_argument("--data", type=Path, default=DEFAULT_OUT, help="crops + teacher cache (default: %(default)s)")
     ap.add_argument("--arch", default="mbf_small", help="registered model for labels/kd (default: %(default)s)")
@@ -201,6 +214,9 @@ def main() -> None:
     ap.add_argument("--w-rel", type=float, default=1.0, help="relational loss weight (default: 1.0)")
     ap.add_argument("--eval-every", type=int, default=500, help="steps between calib evaluations (default: 500)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    ap.add_argument("--p-view", type=float, default=0.0,
+                    help="share of WebFaces crops replaced by their detector-aligned view, with clean "
+                         "targets (needs <data>/views.npz from 'data views') (default: 0)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -224,7 +240,8 @@ def main() -> None:
     cfg = DistillConfig(steps=args.steps, lr=args.lr, w_rel=args.w_rel if teacher is not None else 0.0,
                         w_cos=1.0 if teacher is not None else 0.0, w_label=1.0 if classes else 0.0,
                         classes=classes, eval_every=args.eval_every, warmup=min(100, args.steps // 10))
-    batches = Batches(data, teacher, pool, args.batch, labels, seed=cfg.seed)
+    views = args.data / "views.npz" if args.p_view > 0 else None
+    batches = Batches(data, teacher, pool, args.batch, labels, seed=cfg.seed, views=views, p_view=args.p_view)
     meta = {"args": {k: str(v) for k, v in vars(args).items()}}
     model, history = train(model, batches, cfg, ckpt, calib_eval(data), meta)
 
