@@ -169,3 +169,13 @@ def test_quantize_cli_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
                         str(tmp_path / "empty"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "no such model folder" in r.stderr
+
+
+def test_export_rewrites_prelu_exactly(tmp_path: Path) -> None:
+    import onnx
+
+    m = tiny("gdc")
+    x = torch.randn(3, 3, 32, 32)
+    diff = export_onnx(m, tmp_path / "m.onnx", x)  # raises if onnxruntime disagrees with torch
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert "PRelu" not in ops and {"Mul", "Relu", "Add"} <= ops and diff < 1e-4

@@ -2,8 +2,9 @@
 
     python -m training.recognizer.report        # ~10 min on one core: embeds the eval people with every stage
 
-Rows: teacher (SFace), student trained on labels only, student + KD (from scratch), SFace-s2 + KD (teacher
-weights, stride-2 stem), + structured pruning, + low-rank, + int8 (the shipped file). Columns: parameters,
+Rows: teacher (SFace, the int8bq file and its fp32 re-export), student trained on labels only, student + KD
+(from scratch), SFace-s2 + KD (teacher weights, stride-2 stem), + structured pruning, + low-rank, + more
+distillation on detector-aligned crops, + int8 (the shipped file). Columns: parameters,
 MACs per crop, ONNX file size, zipped and Huffman-coded weight size, LFW 10-fold verification accuracy and
 open-set identification rate at 1 % FAR on the held-out eval people (protocol: ``evaluate``), and
 single-thread onnxruntime milliseconds per crop, timed interleaved (round-robin over the models) so that
@@ -61,6 +62,7 @@ STAGES = [
     Stage("SFace-s2 + KD", ckpt=RUNS / "kd/ckpt.pt"),
     Stage("+ pruning", ckpt=RUNS / "prune/ckpt.pt"),
     Stage("+ low-rank", ckpt=RUNS / "lowrank/ckpt.pt"),
+    Stage("+ fine-tune on detector crops", ckpt=RUNS / "finetune/ckpt.pt"),
     Stage("+ int8 (shipped)", onnx=MODEL_DIR / "face_recognizer.onnx", spec=INPUT_SPEC),
 ]
 
