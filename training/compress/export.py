@@ -34,12 +34,14 @@ def prelu_as_mul_relu(model: onnx.ModelProto) -> int:
     """
     g = model.graph
     inits = {t.name: t for t in g.initializer}
+    alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits}
     nodes, count = [], 0
     for n in g.node:
-        if n.op_type != "PRelu" or n.input[1] not in inits:
+        a = alias.get(n.input[1], n.input[1]) if n.op_type == "PRelu" else ""
+        if n.op_type != "PRelu" or a not in inits:  # the exporter shares equal weights through Identity
             nodes.append(n)
             continue
-        x, a = n.input
+        x = n.input[0]
         y, p = n.output[0], f"{n.output[0]}_prelu"
         slope = onnx.numpy_helper.to_array(inits[a])
         g.initializer.append(onnx.numpy_helper.from_array((1 - slope).astype(slope.dtype), f"{p}_one_minus_a"))
