@@ -113,7 +113,8 @@ def test_finds_grace_hopper_with_ordered_landmarks(det: FaceDetector) -> None:
     check_shapes(boxes, lms)
     assert len(boxes) == 1, boxes
     x1, y1, x2, y2, score = boxes[0]
-    assert score > 0.6 and 150 < x2 - x1 < 400 and 150 < y2 - y1 < 450
+    # the face is ~250 px high: boxes of faces over ~200 px come out up to ~20 % small (model card, Limits)
+    assert score > 0.6 and 130 < x2 - x1 < 400 and 150 < y2 - y1 < 450
     left_eye, right_eye, nose, mouth = lms[0]
     assert left_eye[0] < nose[0] < right_eye[0]  # image-left eye first
     assert max(left_eye[1], right_eye[1]) < nose[1] < mouth[1]

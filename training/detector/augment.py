@@ -24,7 +24,7 @@ class AugConfig:
 
     size: int = 160  # square training crop side (pixels)
     face_min: float = 7.0  # smallest face height a view aims for (pixels)
-    face_max: float = 260.0  # largest face height a view aims for (pixels; may overflow the crop)
+    face_max: float = 200.0  # largest face height a view aims for (pixels; may overflow the crop)
     min_face: float = 6.0  # faces smaller than this (height) become ignore regions
     mosaic_p: float = 0.3  # share of crops that are 2x2 mosaics
     negative_p: float = 0.08  # share of views taken from a face-free image

@@ -219,6 +219,8 @@ def main() -> None:
         import cv2
 
         image = cv2.imread(args.image, cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise SystemExit(f"--image {args.image}: not a readable image")
         image = image[: image.shape[0] // 32 * 32, : image.shape[1] // 32 * 32]
     diffs = compare(model, fp32, dst, image)
     print(f"torch vs onnxruntime max |diff| {diffs['torch_vs_ort']:.2e}; "
