@@ -4,7 +4,8 @@
 
 Rows: teacher (SFace, the int8bq file and its fp32 re-export), student trained on labels only, student + KD
 (from scratch), SFace-s2 + KD (teacher weights, stride-2 stem), + structured pruning, + low-rank, + more
-distillation on detector-aligned crops, + int8 (the shipped file). Columns: parameters,
+distillation on detector-aligned crops, + mirror fusion (the last float stage embedding the crop and its
+mirror in one graph), + int8 (the shipped file). Columns: parameters,
 MACs per crop, ONNX file size, zipped and Huffman-coded weight size, LFW 10-fold verification accuracy and
 open-set identification rate at 1 % FAR on the held-out eval people (protocol: ``evaluate``), and
 single-thread onnxruntime milliseconds per crop, timed interleaved (round-robin over the models) so that
@@ -50,9 +51,18 @@ class Stage:
     ckpt: Path | None = None
     onnx: Path | None = None
     spec: dict | None = None
+    flip: bool = False  # export with the mirror fusion (``model.FlipFusion``)
 
 
 TEACHER_FP32 = Path("teacher_fp32")  # marker: re-export the PyTorch replica of SFace in fp32
+FINAL = Path("final")  # marker: the float checkpoint the shipped model was exported from (its model.json)
+
+
+def final_checkpoint() -> Path:
+    """The shipped model's source checkpoint (``source_checkpoint`` in its model.json; low-rank by default)."""
+    mj = MODEL_DIR / "model.json"
+    src = json.loads(mj.read_text()).get("source_checkpoint") if mj.exists() else None
+    return REPO / src if src else RUNS / "lowrank/ckpt.pt"
 
 STAGES = [
     Stage("teacher: SFace (int8bq file)", onnx=SFACE_PATH, spec=TEACHER_SPEC),
@@ -63,6 +73,7 @@ STAGES = [
     Stage("+ pruning", ckpt=RUNS / "prune/ckpt.pt"),
     Stage("+ low-rank", ckpt=RUNS / "lowrank/ckpt.pt"),
     Stage("+ fine-tune on detector crops", ckpt=RUNS / "finetune/ckpt.pt"),
+    Stage("+ mirror fusion", ckpt=FINAL, flip=True),
     Stage("+ int8 (shipped)", onnx=MODEL_DIR / "face_recognizer.onnx", spec=INPUT_SPEC),
 ]
 
@@ -74,17 +85,23 @@ def stage_model(stage: Stage, data: CropSet, work: Path) -> tuple[Path, dict, di
         if stage.spec is TEACHER_SPEC:
             m = sface()
             figures = {"params": count_params(m), "macs": count_macs(m, (3, 112, 112))}
+        elif stage.onnx == MODEL_DIR / "face_recognizer.onnx" and final_checkpoint().exists():  # its float source
+            m = torch.load(final_checkpoint(), weights_only=False)["model"].eval()
+            mirror = json.loads((MODEL_DIR / "model.json").read_text()).get("mirror_fusion", False)
+            figures = {"params": count_params(m), "macs": count_macs(m, (3, 112, 112)) * (2 if mirror else 1)}
         return stage.onnx, stage.spec or INPUT_SPEC, figures
     assert stage.ckpt is not None
+    ckpt = final_checkpoint() if stage.ckpt == FINAL else stage.ckpt
     if stage.ckpt == TEACHER_FP32:
         model = sface_teacher()
         path = work / "sface_fp32.onnx"
         export_onnx(model, path, normalize_input(np.asarray(data.crops[:4])), "input", "embedding")
     else:
-        path = work / (stage.ckpt.parent.name + ".onnx")
-        export_checkpoint(stage.ckpt, path, data)
-        model = torch.load(stage.ckpt, weights_only=False)["model"].eval()
-    return path, INPUT_SPEC, {"params": count_params(model), "macs": count_macs(model, (3, 112, 112))}
+        path = work / (ckpt.parent.name + ("_mirror" if stage.flip else "") + ".onnx")
+        export_checkpoint(ckpt, path, data, flip=stage.flip)
+        model = torch.load(ckpt, weights_only=False)["model"].eval()
+    macs = count_macs(model, (3, 112, 112)) * (2 if stage.flip else 1)  # the mirror is a second pass
+    return path, INPUT_SPEC, {"params": count_params(model), "macs": macs}
 
 
 def interleaved_ms(paths: list[Path], specs: list[dict], crop: np.ndarray, rounds: int = 20,
@@ -118,7 +135,7 @@ def measure(stages: list[Stage], data: CropSet, work: Path) -> list[dict]:
     """Every figure of every available stage (stages without a checkpoint / file are skipped)."""
     rows, paths, specs = [], [], []
     for st in stages:
-        src = st.ckpt or st.onnx
+        src = final_checkpoint() if st.ckpt == FINAL else (st.ckpt or st.onnx)
         if src is None or (src != TEACHER_FP32 and not src.exists()):
             print(f"skip {st.name}: {st.ckpt or st.onnx} missing")
             continue

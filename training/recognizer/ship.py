@@ -2,7 +2,9 @@
 
     python -m training.recognizer.ship --ckpt runs/recognizer/lowrank/ckpt.pt   # ~2 min
 
-1. export the checkpoint (BN folded, checked against PyTorch) to ``runs/recognizer/ship/fp32/``;
+1. export the checkpoint (BN folded, checked against PyTorch) to ``runs/recognizer/ship/fp32/``, with the
+   mirror fusion in the graph (``model.FlipFusion``: embedding of the crop + that of its mirror; ``--no-flip``
+   for the plain network);
 2. write calibration crops (300 aligned training-pool crops, never the eval or calib people) as PNG;
 3. ``deploy/quantize.py``: static int8 QDQ, per-channel, checked against fp32;
 4. thresholds on the LFW ``calib`` people with the int8 model (open-set protocol of ``evaluate``):
@@ -29,6 +31,7 @@ from training.compress.distill import load_model
 from training.compress.export import export_onnx, ort_session
 from training.recognizer.data import DEFAULT_OUT, CropSet
 from training.recognizer.evaluate import calibrate, embed_all, people_of
+from training.recognizer.model import FlipFusion
 from training.recognizer.teacher import normalize_input
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,9 +56,14 @@ def onnx_embedder(path: Path, spec: dict, threads: int = 1) -> object:
     return run
 
 
-def export_checkpoint(ckpt: Path, onnx_path: Path, data: CropSet) -> float:
-    """Export a checkpoint's model to ONNX (input ``input``, output ``embedding``); returns the check diff."""
+def export_checkpoint(ckpt: Path, onnx_path: Path, data: CropSet, flip: bool = False) -> float:
+    """Export a checkpoint's model to ONNX (input ``input``, output ``embedding``); returns the check diff.
+
+    With ``flip`` the graph embeds the crop and its mirror and sums the two unit vectors (``FlipFusion``).
+    """
     model = load_model(ckpt)
+    if flip:
+        model = FlipFusion(model).eval()
     example = normalize_input(np.asarray(data.crops[:4]))
     return export_onnx(model, onnx_path, example, "input", "embedding")
 
@@ -84,6 +92,8 @@ def main() -> None:
     ap.add_argument("--ckpt", type=Path, default=REPO / "runs/recognizer/lowrank/ckpt.pt",
                     help="checkpoint of the last float stage (default: %(default)s)")
     ap.add_argument("--data", type=Path, default=DEFAULT_OUT, help="crop folder (default: %(default)s)")
+    ap.add_argument("--no-flip", action="store_true",
+                    help="export the plain network (default: embed the crop and its mirror in one graph)")
     ap.add_argument("--work", type=Path, default=REPO / "runs/recognizer/ship", help="scratch (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=REPO / "edgecam/models/face_recognizer",
                     help="model folder to write (default: %(default)s)")
@@ -94,7 +104,7 @@ def main() -> None:
     # 1. export fp32
     fp32_dir = args.work / "fp32"
     fp32_dir.mkdir(parents=True, exist_ok=True)
-    diff = export_checkpoint(args.ckpt, fp32_dir / "face_recognizer_fp32.onnx", data)
+    diff = export_checkpoint(args.ckpt, fp32_dir / "face_recognizer_fp32.onnx", data, flip=not args.no_flip)
     placeholder = {"known": 0.5, "unknown": 0.4}
     (fp32_dir / "model.json").write_text(json.dumps(manifest(fp32_dir / "face_recognizer_fp32.onnx", placeholder,
                                                              {}), indent=2))
@@ -122,7 +132,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copy(int8, args.out / "face_recognizer.onnx")
     old = json.loads((args.out / "model.json").read_text()) if (args.out / "model.json").exists() else {}
-    extra = {"quantization": quant, "export_check_max_abs_diff": diff,
+    extra = {"source_checkpoint": str(args.ckpt.resolve().relative_to(REPO)) if args.ckpt.resolve().is_relative_to(REPO)
+             else str(args.ckpt), "mirror_fusion": not args.no_flip,
+             "quantization": quant, "export_check_max_abs_diff": diff,
              "metrics": old.get("metrics", {}),
              "training_data": "distilled from SFace on aligned crops of Caltech WebFaces (all 10,524 labelled "
                               "faces) and LFW train people (research-only data, not redistributed)",
