@@ -12,6 +12,12 @@ are then shortened (``--keep-names`` to keep them). OUT_DIR gets
 the int8 ``.onnx`` and a ``model.json`` with its sha256 and a ``quantization`` record: sizes, fp32-vs-int8
 output agreement (cosine of outputs, top-1 agreement) on ``--check`` images (default: the calibration
 images) and single-thread milliseconds per input of both.
+
+``--weights-only``: int8 weights only (per output channel, symmetric, each behind a DequantizeLinear),
+activations stay fp32; model.json gets ``session_config: {session.disable_quant_qdq: "1"}`` so that
+onnxruntime folds the weights back to fp32 once, at load. The file is as small as the static one; it runs at
+fp32 speed with nearly fp32 accuracy — the choice for a network whose int8 kernels are slower than fp32
+(on x86, a PReLU net: the per-channel Mul / Add of its activations has no fast integer kernel).
 """
 
 from __future__ import annotations
@@ -135,19 +141,21 @@ def compact_names(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def session(path: Path, threads: int = 1):  # noqa: ANN201 - onnxruntime type
+def session(path: Path, threads: int = 1, config: dict | None = None):  # noqa: ANN201 - onnxruntime type
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def ms_per_input(path: Path, x: np.ndarray, input_name: str, n: int = 100) -> float:
+def ms_per_input(path: Path, x: np.ndarray, input_name: str, n: int = 100, config: dict | None = None) -> float:
     """Median single-thread milliseconds of one input (batch 1) after a warm-up."""
-    s = session(path)
+    s = session(path, config=config)
     for i in range(10):
         s.run(None, {input_name: x[i % len(x):i % len(x) + 1]})
     times = []
@@ -158,33 +166,83 @@ def ms_per_input(path: Path, x: np.ndarray, input_name: str, n: int = 100) -> fl
     return float(np.median(times) * 1000)
 
 
-def first_output(path: Path, x: np.ndarray, input_name: str) -> np.ndarray:
+def first_output(path: Path, x: np.ndarray, input_name: str, config: dict | None = None) -> np.ndarray:
     """(N, K) first output for each input, run one at a time (graphs exported with batch 1 work too)."""
-    s = session(path)
+    s = session(path, config=config)
     return np.concatenate([s.run(None, {input_name: x[i:i + 1]})[0].reshape(1, -1) for i in range(len(x))])
 
 
-def compare(fp32: Path, int8: Path, x: np.ndarray, input_name: str) -> dict[str, float]:
-    """Agreement of the int8 model's outputs with fp32's on the same inputs, sizes and speed."""
-    a, b = first_output(fp32, x, input_name), first_output(int8, x, input_name)
+def compare(fp32: Path, int8: Path, x: np.ndarray, input_name: str, config: dict | None = None) -> dict[str, float]:
+    """Agreement of the int8 model's outputs with fp32's on the same inputs, sizes and speed (``config``: the
+    int8 model's onnxruntime session config entries)."""
+    a, b = first_output(fp32, x, input_name), first_output(int8, x, input_name, config)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return {"inputs": len(x), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
             "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
             "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
-            "fp32_ms": ms_per_input(fp32, x, input_name), "int8_ms": ms_per_input(int8, x, input_name)}
+            "fp32_ms": ms_per_input(fp32, x, input_name), "int8_ms": ms_per_input(int8, x, input_name, config=config)}
 
 
-def write_folder(src: Manifest, out_dir: Path, onnx_file: Path, record: dict) -> None:
-    """OUT_DIR/model.json: the source manifest with the new file name, sha256 and quantization record."""
+WEIGHTS_ONLY_CONFIG = {"session.disable_quant_qdq": "1"}  # onnxruntime folds DequantizeLinear(weights) at load
+
+
+def quantize_weights(fp32: Path, out: Path) -> int:
+    """int8 per-output-channel symmetric weights behind DequantizeLinear; activations stay fp32.
+
+    Conv weights (output channels on axis 0), Gemm (axis 0 with transB, else 1) and 2-D MatMul initializers
+    (axis 1). Returns the number of quantized tensors.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(fp32))
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    dq_nodes, done = [], 0
+    for n in g.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+        trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        axis = 0 if n.op_type == "Conv" or (n.op_type == "Gemm" and trans_b) else 1
+        if w.ndim < 2 or (n.op_type == "MatMul" and w.ndim != 2):
+            continue
+        amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(1)
+        scale = np.maximum(amax / 127.0, 1e-12).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        name = n.input[1]
+        g.initializer.remove(inits.pop(name))
+        g.initializer.extend([numpy_helper.from_array(q, f"{name}_q"), numpy_helper.from_array(scale, f"{name}_s"),
+                              numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{name}_z")])
+        dq_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [name],
+                                         axis=axis))
+        done += 1
+    nodes = dq_nodes + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return done
+
+
+def write_folder(src: Manifest, out_dir: Path, onnx_file: Path, record: dict,
+                 session_config: dict | None = None) -> None:
+    """OUT_DIR/model.json: the source manifest with the new file name, sha256, quantization record and (when
+    given) onnxruntime session config entries."""
     data = dict(src.data)
     data["file"] = onnx_file.name
     data["sha256"] = sha256_file(onnx_file)
     data["quantization"] = record
+    if session_config:
+        data["session_config"] = {**data.get("session_config", {}), **session_config}
     (out_dir / "model.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
 def run(model_dir: Path, calib_dir: Path, out_dir: Path, check_dir: Path | None, limit: int, method: str,
-        name: str | None = None, compact: bool = True, free_size: tuple[int, int] = (320, 240)) -> dict:
+        name: str | None = None, compact: bool = True, free_size: tuple[int, int] = (320, 240),
+        weights_only: bool = False) -> dict:
     """Quantize a model folder into ``out_dir``; returns the quantization record."""
     src = load_manifest(model_dir)
     spec = src.input
@@ -195,13 +253,19 @@ def run(model_dir: Path, calib_dir: Path, out_dir: Path, check_dir: Path | None,
     dst = out_dir / (name or src.onnx_path.name.replace(".onnx", "") + "_int8.onnx")
     if dst.resolve() == src.onnx_path.resolve():
         raise EdgecamError(f"{dst}: would overwrite the fp32 source model")
-    quantize(src.onnx_path, dst, calib, input_name, method)
+    if weights_only:
+        quantize_weights(src.onnx_path, dst)
+        how, config = ("int8 weights (per output channel, symmetric) behind DequantizeLinear, fp32 activations; "
+                       "onnxruntime folds the weights at load (session.disable_quant_qdq)"), WEIGHTS_ONLY_CONFIG
+    else:
+        quantize(src.onnx_path, dst, calib, input_name, method)
+        how, config = f"onnxruntime static QDQ, per-channel int8 weights, uint8 activations, {method}", None
     if compact:
         compact_names(dst)
-    record = {"method": f"onnxruntime static QDQ, per-channel int8 weights, uint8 activations, {method}",
-              "calibration_images": len(calib), "check": compare(src.onnx_path, dst, check, input_name),
+    record = {"method": how, "calibration_images": 0 if weights_only else len(calib),
+              "check": compare(src.onnx_path, dst, check, input_name, config),
               "command": " ".join(["python", "deploy/quantize.py", *sys.argv[1:]])}
-    write_folder(src, out_dir, dst, record)
+    write_folder(src, out_dir, dst, record, config)
     for extra in ["README.md", *(p.name for p in sorted(model_dir.glob("*.png")))]:  # the card and its plots
         if (model_dir / extra).exists() and not (out_dir / extra).exists():
             shutil.copy(model_dir / extra, out_dir / extra)
@@ -218,6 +282,8 @@ def main() -> None:
     ap.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile",
                     help="activation range calibration (default: percentile, 99.99)")
     ap.add_argument("--name", default=None, help="output .onnx file name (default: <fp32 name>_int8.onnx)")
+    ap.add_argument("--weights-only", action="store_true",
+                    help="int8 weights only, fp32 activations, folded at load (default: static int8 QDQ)")
     ap.add_argument("--keep-names", action="store_true",
                     help="keep the quantizer's long tensor names (default: renamed to short ids)")
     ap.add_argument("--size", default="320x240", help="WxH the images are fitted into for a model of any input "
@@ -232,7 +298,7 @@ def main() -> None:
         raise SystemExit(2) from None
     try:
         record = run(args.model_dir, args.calib, args.out, args.check, args.max, args.method, args.name,
-                     not args.keep_names, (size[0], size[1]))
+                     not args.keep_names, (size[0], size[1]), args.weights_only)
     except EdgecamError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -130,7 +130,8 @@ def test_huffman_sizes() -> None:
     assert huffman_bytes(peaked) < 0.5 * 100_000
 
 
-def test_quantize_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_quantize_round_trip(tmp_path: Path, weights_only: bool) -> None:
     sys.path.insert(0, str(REPO / "deploy"))
     import quantize  # deploy/quantize.py
 
@@ -150,10 +151,18 @@ def test_quantize_round_trip(tmp_path: Path) -> None:
     for k in range(40):  # smooth random images, bigger than the input: the quantizer resizes them
         small = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
         cv2.imwrite(str(calib / f"{k}.png"), cv2.resize(small, (48, 48), interpolation=cv2.INTER_CUBIC))
-    record = quantize.run(tmp_path / "fp32", calib, tmp_path / "int8", None, 40, "minmax")
+    record = quantize.run(tmp_path / "fp32", calib, tmp_path / "int8", None, 40, "minmax",
+                          weights_only=weights_only)
     check = record["check"]
-    assert check["int8_bytes"] < check["fp32_bytes"]
-    assert check["cosine_mean"] > 0.95
+    assert check["int8_bytes"] < 0.4 * check["fp32_bytes"]
+    assert check["cosine_mean"] > (0.999 if weights_only else 0.95)
+    manifest = json.loads((tmp_path / "int8" / "model.json").read_text())
+    assert ("session_config" in manifest) == weights_only  # weights-only: folded to fp32 at load
+    if weights_only:
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "m_int8.onnx")).graph.node}
+        assert "DequantizeLinear" in ops and "QuantizeLinear" not in ops  # activations stay float
     from edgecam.recognize import make_recognizer
 
     rec = make_recognizer("identity", tmp_path / "int8")  # the int8 folder is a valid model folder
@@ -179,3 +188,18 @@ def test_export_rewrites_prelu_exactly(tmp_path: Path) -> None:
     diff = export_onnx(m, tmp_path / "m.onnx", x)  # raises if onnxruntime disagrees with torch
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     assert "PRelu" not in ops and {"Mul", "Relu", "Add"} <= ops and diff < 1e-4
+
+
+def test_flip_fusion_is_mirror_invariant_and_exports(tmp_path: Path) -> None:
+    from training.recognizer.model import FlipFusion
+
+    m = FaceMobileNet(NetConfig(stem=8, blocks=((16, 2), (32, 2)), stem_stride=2, input_size=32, emb=8,
+                                head="gdc")).eval()
+    f = FlipFusion(m).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        a, b = f(x), f(torch.flip(x, dims=[3]))
+        plain = torch.nn.functional.normalize(m(x), dim=1) + torch.nn.functional.normalize(m(x.flip(3)), dim=1)
+    assert a.shape == (3, 8)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, plain, atol=1e-5)
+    assert export_onnx(f, tmp_path / "f.onnx", x, "input", "embedding") < 1e-3  # checked against onnxruntime

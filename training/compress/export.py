@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,12 +16,28 @@ from torch.fx.experimental.optimization import fuse
 logger = logging.getLogger(__name__)
 
 
-def ort_session(path: Path | str | bytes, threads: int = 1) -> ort.InferenceSession:
-    """A CPU onnxruntime session with ``threads`` intra-op threads."""
+def folder_session_config(path: Path | str | bytes) -> dict[str, str]:
+    """``session_config`` of the model.json next to an ONNX file, when that manifest names this file."""
+    if isinstance(path, bytes):
+        return {}
+    mj = Path(path).parent / "model.json"
+    if not mj.exists():
+        return {}
+    data = json.loads(mj.read_text())
+    return {str(k): str(v) for k, v in data.get("session_config", {}).items()} \
+        if data.get("file") == Path(path).name else {}
+
+
+def ort_session(path: Path | str | bytes, threads: int = 1,
+                config: dict[str, str] | None = None) -> ort.InferenceSession:
+    """A CPU onnxruntime session with ``threads`` intra-op threads, run as edgecam runs the model: with the
+    session config entries ``config`` (default: those of the model.json next to the file, if any)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    for key, value in (folder_session_config(path) if config is None else config).items():
+        opts.add_session_config_entry(key, value)
     src = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 

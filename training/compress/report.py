@@ -23,6 +23,7 @@ COLUMNS: list[tuple[str, str, str]] = [  # (key, header, format)
     ("known_rate", "named at threshold", "{:.1%}"),
     ("ms", "ms/crop (1 thread)", "{:.2f}"),
     ("speedup", "x faster than teacher", "{:.1f}"),
+    ("speedup_fp32", "x faster than fp32 teacher", "{:.1f}"),
     ("smaller", "x smaller than fp32 teacher", "{:.1f}"),
 ]
 

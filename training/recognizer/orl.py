@@ -10,7 +10,9 @@
 3. stages, all with the ``training.compress`` toolkit: student (``crop_classifier``: SFace layout at width
    0.25, 64x64 grey input) trained on labels only; the same student distilled (KL on softened teacher
    logits + labels); structured pruning (half the channels) + distillation; low-rank (1x1 convs by SVD:
-   95 % energy, at most 60 % of the parameters) + distillation; int8 (``deploy/quantize.py``).
+   95 % energy, at most 60 % of the parameters) + distillation; int8 (``deploy/quantize.py``) both ways:
+   static (int8 weights and activations) and int8 weights only (folded to fp32 at load: shipped, as this
+   tiny PReLU net ran many times slower in onnxruntime's integer kernels than in fp32).
 4. the unknown threshold: the softmax probability that 5 % of LFW ``calib`` faces (people not in ORL)
    reach, so that 95 % of strangers come out ``unknown``.
 5. ``edgecam/models/orl_classifier/``: int8 ``.onnx``, ``model.json`` (labels s1..s40), card with the table.
@@ -264,19 +266,21 @@ def main() -> None:
     calib_dir.mkdir()
     for i in tr:
         cv2.imwrite(str(calib_dir / f"{i:04d}.png"), d["c64"][i])
-    subprocess.run([sys.executable, str(REPO / "deploy/quantize.py"), str(fp32_dir), "--calib", str(calib_dir),
-                    "--out", str(onnx_dir / "int8"), "--name", "orl_classifier.onnx"], check=True)
+    for kind, flags in (("int8_static", []), ("int8", ["--weights-only"])):  # the second one is shipped
+        subprocess.run([sys.executable, str(REPO / "deploy/quantize.py"), str(fp32_dir), "--calib", str(calib_dir),
+                        "--out", str(onnx_dir / kind), "--name", "orl_classifier.onnx", *flags], check=True)
     int8 = onnx_dir / "int8" / "orl_classifier.onnx"
     files = {"student, labels only": onnx_dir / "labels/orl_labels.onnx", "student + KD": onnx_dir / "kd/orl_kd.onnx",
              "+ pruning": onnx_dir / "prune/orl_prune.onnx", "+ low-rank": fp32_dir / "orl_lowrank.onnx",
-             "+ int8 (shipped)": int8}
+             "+ int8 static (weights + activations)": onnx_dir / "int8_static" / "orl_classifier.onnx",
+             "+ int8 weights (shipped)": int8}
     xt = x_test.numpy()
     rows = [{"stage": "teacher: SFace + centroids", "top1": float((t_test.argmax(1) == y_test).mean()),
              "file": SFACE_PATH.stat().st_size, "note": "SFace int8bq file + 40x128 centroids"}]
     for name, path in files.items():
         rows.append({"stage": name, **sizes(path), "top1": float((onnx_logits(path, xt).argmax(1) == y_test).mean()),
                      "ms": ms_per_crop(path, xt)})
-    for r, key in zip(rows[1:], ["labels", "kd", "prune", "lowrank", "lowrank"], strict=True):
+    for r, key in zip(rows[1:], ["labels", "kd", "prune", "lowrank", "lowrank", "lowrank"], strict=True):
         r["params"], r["macs"] = count_params(stages[key]), count_macs(stages[key], input_shape(stages[key]))
 
     # 5. the unknown threshold from LFW calib people (strangers to ORL), and the folder
@@ -317,6 +321,10 @@ def write_model_folder(out: Path, int8: Path, thr: float, names: np.ndarray, row
                          "command": COMMAND},
              "training_data": "AT&T / ORL faces (research use, credit Olivetti Research Lab); not redistributed",
              "license": "Apache-2.0 (weights); trained on research-only data"}
+    quant = json.loads((int8.parent / "model.json").read_text())
+    extra["quantization"] = quant["quantization"]
+    if "session_config" in quant:  # int8 weights folded to fp32 at load
+        extra["session_config"] = quant["session_config"]
     (out / "model.json").write_text(json.dumps(manifest(out / "orl_classifier.onnx", thr, names, extra), indent=2)
                                     + "\n")
     card = out / "README.md"

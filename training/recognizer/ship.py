@@ -6,7 +6,10 @@
    mirror fusion in the graph (``model.FlipFusion``: embedding of the crop + that of its mirror; ``--no-flip``
    for the plain network);
 2. write calibration crops (300 aligned training-pool crops, never the eval or calib people) as PNG;
-3. ``deploy/quantize.py``: static int8 QDQ, per-channel, checked against fp32;
+3. ``deploy/quantize.py`` twice, each checked against fp32: static int8 QDQ (per-channel weights, uint8
+   activations) into ``int8_static/`` and int8 weights only (fp32 activations, folded at load) into
+   ``int8_weights/``; the latter is shipped (on this x86 CPU onnxruntime's int8 kernels ran this PReLU net
+   slower than fp32, and the static one loses accuracy); ``--static`` ships the former;
 4. thresholds on the LFW ``calib`` people with the int8 model (open-set protocol of ``evaluate``):
    ``known`` = the score that 1 % of non-enrolled probes reach, ``unknown`` = the one 5 % reach;
 5. ``edgecam/models/face_recognizer/``: ``face_recognizer.onnx`` + ``model.json``. The model card and the
@@ -94,6 +97,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_OUT, help="crop folder (default: %(default)s)")
     ap.add_argument("--no-flip", action="store_true",
                     help="export the plain network (default: embed the crop and its mirror in one graph)")
+    ap.add_argument("--static", action="store_true",
+                    help="ship the static int8 model (int8 activations too) instead of the int8-weights one")
     ap.add_argument("--work", type=Path, default=REPO / "runs/recognizer/ship", help="scratch (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=REPO / "edgecam/models/face_recognizer",
                     help="model folder to write (default: %(default)s)")
@@ -109,13 +114,15 @@ def main() -> None:
     (fp32_dir / "model.json").write_text(json.dumps(manifest(fp32_dir / "face_recognizer_fp32.onnx", placeholder,
                                                              {}), indent=2))
 
-    # 2-3. calibration crops, int8
+    # 2-3. calibration crops; int8 both ways: static (weights + activations) and weights-only
     write_calib_crops(data, args.work / "calib_crops")
-    int8_dir = args.work / "int8"
-    subprocess.run([sys.executable, str(REPO / "deploy/quantize.py"), str(fp32_dir), "--calib",
-                    str(args.work / "calib_crops"), "--out", str(int8_dir), "--name", "face_recognizer.onnx"],
-                   check=True)
-    quant = json.loads((int8_dir / "model.json").read_text())["quantization"]
+    for kind, flags in (("int8_static", []), ("int8_weights", ["--weights-only"])):
+        subprocess.run([sys.executable, str(REPO / "deploy/quantize.py"), str(fp32_dir), "--calib",
+                        str(args.work / "calib_crops"), "--out", str(args.work / kind), "--name",
+                        "face_recognizer.onnx", *flags], check=True)
+    int8_dir = args.work / ("int8_static" if args.static else "int8_weights")
+    int8_json = json.loads((int8_dir / "model.json").read_text())
+    quant = int8_json["quantization"]
 
     # 4. thresholds on the calib people with the int8 model
     int8 = int8_dir / "face_recognizer.onnx"
@@ -140,6 +147,8 @@ def main() -> None:
                               "faces) and LFW train people (research-only data, not redistributed)",
              "teacher": "SFace 2021dec (OpenCV Zoo, Apache-2.0)",
              "license": "Apache-2.0 (weights derived from SFace, Apache-2.0; trained on research-only data)"}
+    if "session_config" in int8_json:
+        extra["session_config"] = int8_json["session_config"]
     m = manifest(args.out / "face_recognizer.onnx", thresholds, extra)
     (args.out / "model.json").write_text(json.dumps(m, indent=2) + "\n")
     print(json.dumps({"thresholds": thresholds, "quantization": quant["check"], "export_diff": diff}))
