@@ -42,8 +42,13 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def align(bgr: np.ndarray, landmarks: np.ndarray, size: int | tuple[int, int] = 112) -> np.ndarray:
-    """Warp the face with ``landmarks`` (4, 2) to an aligned crop of ``size`` (square side or (w, h))."""
+    """Warp the face with ``landmarks`` (4, 2) to an aligned crop of ``size`` (square side or (w, h)).
+
+    Crops smaller than 112 are warped at 112 and area-resized (anti-aliased, as the small models were trained).
+    """
     w, h = (size, size) if isinstance(size, int) else size
+    if w < 112 or h < 112:
+        return cv2.resize(align(bgr, landmarks, 112), (w, h), interpolation=cv2.INTER_AREA)
     dst = TEMPLATE_112 * np.array([w / 112.0, h / 112.0], np.float32)
     m = similarity_matrix(np.asarray(landmarks, np.float32)[:4], dst)
     return cv2.warpAffine(bgr, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

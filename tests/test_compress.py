@@ -203,3 +203,31 @@ def test_flip_fusion_is_mirror_invariant_and_exports(tmp_path: Path) -> None:
     assert a.shape == (3, 8)
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, plain, atol=1e-5)
     assert export_onnx(f, tmp_path / "f.onnx", x, "input", "embedding") < 1e-3  # checked against onnxruntime
+
+
+def test_pack_unpack_round_trip_leaves_the_eval_people_out(tmp_path: Path) -> None:
+    from training.recognizer.data import CropSet, pack, unpack
+
+    rng = np.random.default_rng(0)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    grey = cv2.resize(rng.integers(0, 255, (48, 8), np.uint8), (112, 112 * 6))  # smooth, like a face
+    crops = np.ascontiguousarray(np.repeat(grey.reshape(6, 112, 112, 1), 3, axis=3))
+    np.save(src / "crops.npy", crops)
+    meta = {"source": ["webfaces"] * 3 + ["lfw"] * 3, "person": ["", "", "", "a", "b", "c"],
+            "split": ["", "", "", "train", "calib", "eval"]}
+    (src / "meta.json").write_text(json.dumps(meta))
+    teacher = rng.normal(size=(6, 2, 128)).astype(np.float32)
+    np.save(src / "teacher.npy", teacher)
+    np.savez(src / "views.npz", crops=crops[[1, 5]], index=np.array([1, 5]), targets=teacher)
+
+    pack(src, tmp_path / "p.npz")
+    unpack(tmp_path / "p.npz", dst)
+
+    back = CropSet.load(dst)
+    assert back.meta == meta
+    assert np.abs(back.crops[:5].astype(int) - crops[:5]).mean() < 4  # WebP q85
+    assert not back.crops[5].any()  # eval people never leave the machine
+    views = np.load(dst / "views.npz")
+    assert views["index"].tolist() == [1, 5] and not views["crops"][1].any()
+    assert np.allclose(np.load(dst / "teacher.npy"), teacher, atol=1e-2)

@@ -118,16 +118,19 @@ def loss_terms(model: nn.Module, head: CosFace | None, batch: Batch, cfg: Distil
 
 def train(model: nn.Module, batch_fn: Callable[[int], Batch], cfg: DistillConfig, ckpt: Path,
           evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-          meta: dict[str, Any] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Train ``model`` for ``cfg.steps`` steps; if ``ckpt`` exists, continue the model saved there instead.
+          meta: dict[str, Any] | None = None, device: str = "cpu") -> tuple[nn.Module, list[dict[str, float]]]:
+    """Train ``model`` for ``cfg.steps`` steps on ``device``; if ``ckpt`` exists, continue the model saved
+    there instead.
 
     ``batch_fn(step)`` returns the batch of that step (deterministic per step, so a resumed run sees the
     same data). Returns the trained model and the history (one dict per logged step and per evaluation).
+    Checkpoints load on the CPU whatever device wrote them.
     """
-    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt.exists() else None
     if state is not None:
         model = state["model"]
-    head = CosFace(_out_dim(model), cfg.classes, cfg.margin, cfg.scale) if cfg.classes else None
+    model = model.to(device)
+    head = CosFace(_out_dim(model), cfg.classes, cfg.margin, cfg.scale).to(device) if cfg.classes else None
     params = list(model.parameters()) + (list(head.parameters()) if head else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
@@ -143,8 +146,8 @@ def train(model: nn.Module, batch_fn: Callable[[int], Batch], cfg: DistillConfig
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        batch = batch_fn(step)
-        terms = loss_terms(model, head, batch, cfg)
+        batch = tuple(None if v is None else v.to(device, non_blocking=True) for v in batch_fn(step))
+        terms = loss_terms(model, head, batch, cfg)  # type: ignore[arg-type]
         loss = torch.stack(list(terms.values())).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,7 +182,7 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer | N
 
 def load_model(path: Path) -> nn.Module:
     """The whole model saved in a checkpoint, in eval mode."""
-    return torch.load(path, weights_only=False)["model"].eval()
+    return torch.load(path, map_location="cpu", weights_only=False)["model"].eval()
 
 
 def _out_dim(model: nn.Module) -> int:

@@ -17,6 +17,13 @@ Steps (outputs under ``--out``, default ``runs/recognizer/data``; both resumable
     python -m training.recognizer.data crops --landmarks detector     # crops.npy + meta.json (~3 min)
     python -m training.recognizer.data teacher                        # teacher.npy: SFace on crop + flip
     python -m training.recognizer.data views --clean runs/recognizer/data_yunet   # detector-aligned views
+
+To train on another machine (a GPU box, ``--device cuda`` in ``training.recognizer.train``), ``pack`` writes
+the training set as one ~55 MB file (crops as WebP q85, the eval people left out, targets in float16) and
+``unpack`` turns it back into a data folder there::
+
+    python -m training.recognizer.data pack --to gpu/recognizer.npz
+    python -m training.recognizer.data unpack --to gpu/recognizer.npz --out runs/recognizer/data
 """
 
 from __future__ import annotations
@@ -223,13 +230,59 @@ def build_teacher(out: Path, threads: int, chunk: int = 512) -> None:
     print(f"teacher embeddings -> {out / 'teacher.npy'}")
 
 
+def pack(data: Path, dest: Path, quality: int = 85) -> None:
+    """The data folder as one file: WebP crops and views (eval people blank), float16 targets, metadata."""
+    cs = CropSet.load(data)
+    crops, meta = cs.crops, cs.meta
+    views = np.load(data / "views.npz")
+    train = np.array(meta["split"]) != "eval"
+
+    def code(images: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        blobs = [cv2.imencode(".webp", np.ascontiguousarray(im[..., ::-1]), [cv2.IMWRITE_WEBP_QUALITY, quality])[1]
+                 if k else np.zeros(0, np.uint8) for im, k in zip(tqdm(images, desc="pack"), keep, strict=True)]
+        return np.concatenate(blobs), np.cumsum([0] + [len(b) for b in blobs])
+
+    c, c_off = code(crops, train)
+    v, v_off = code(views["crops"], train[views["index"]])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(dest, crops=c, crops_off=c_off, views=v, views_off=v_off, views_index=views["index"],
+             views_targets=views["targets"].astype(np.float16),
+             teacher=np.load(data / "teacher.npy").astype(np.float16),
+             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    logger.info("%s: %.1f MB", dest, dest.stat().st_size / 1e6)
+
+
+def unpack(src: Path, out: Path, size: int = 112) -> None:
+    """A data folder (crops.npy, meta.json, teacher.npy, views.npz) from a ``pack`` file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    z = np.load(src)
+
+    def decode(blob: np.ndarray, off: np.ndarray) -> np.ndarray:
+        def one(i: int) -> np.ndarray:
+            if off[i] == off[i + 1]:
+                return np.zeros((size, size, 3), np.uint8)
+            return cv2.imdecode(blob[off[i]:off[i + 1]], cv2.IMREAD_COLOR)[..., ::-1]
+
+        with ThreadPoolExecutor() as ex:
+            return np.stack(list(ex.map(one, range(len(off) - 1))))
+
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "crops.npy", decode(z["crops"], z["crops_off"]))
+    np.save(out / "teacher.npy", z["teacher"].astype(np.float32))
+    np.savez(out / "views.npz", crops=decode(z["views"], z["views_off"]), index=z["views_index"],
+             targets=z["views_targets"].astype(np.float32))
+    (out / "meta.json").write_text(z["meta"].tobytes().decode())
+
+
 def _batched(teacher: object, x: np.ndarray, batch: int = 16) -> np.ndarray:
     return np.concatenate([teacher(x[i:i + batch]) for i in range(0, len(x), batch)])  # type: ignore[operator]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["crops", "teacher", "views"])
+    ap.add_argument("step", choices=["crops", "teacher", "views", "pack", "unpack"])
+    ap.add_argument("--to", type=Path, default=None, help="pack/unpack: the packed file")
     ap.add_argument("--clean", type=Path, default=None,
                     help="views: a crop folder made with --landmarks yunet, for clean LFW targets (default: none)")
     ap.add_argument("--shared", type=Path, default=SHARED, help="the ../shared folder (default: %(default)s)")
@@ -243,6 +296,10 @@ def main() -> None:
         build_crops(args.shared, args.out, args.landmarks)
     elif args.step == "views":
         build_runtime_views(args.shared, args.out, args.clean)
+    elif args.step in ("pack", "unpack"):
+        if args.to is None:
+            ap.error(f"{args.step} needs --to FILE")
+        pack(args.out, args.to) if args.step == "pack" else unpack(args.to, args.out)
     else:
         build_teacher(args.out, args.threads)
 

@@ -56,18 +56,28 @@ COMMAND = "python -m training.recognizer.orl"
 # -------------------------------------------------------------------------------------------------- data
 
 
-def build_crops(root: Path, landmarks: str) -> dict[str, np.ndarray]:
-    """ORL -> aligned crops (112 RGB and 64 BGR), labels, split (0 train, 1 val, 2 test)."""
-    finder = yunet_landmarks(SHARED / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx") \
-        if landmarks == "yunet" else detector_landmarks()
+def orl_split(root: Path) -> list[tuple[Path, list[Path], np.ndarray]]:
+    """Per person (s1..s40): folder, image paths, and the seeded part of each image (0 train, 1 val, 2 test)."""
     people = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: int(d.name[1:]))
-    c112, c64, labels, split, missed = [], [], [], [], 0
     rng = np.random.default_rng(5)
-    for k, person in enumerate(people):
+    out = []
+    for person in people:
         paths = sorted(person.glob("*.pgm"), key=lambda p: int(p.stem))
         part = np.zeros(len(paths), int)
         order = rng.permutation(len(paths))
         part[order[6:8]], part[order[8:]] = 1, 2
+        out.append((person, paths, part))
+    return out
+
+
+def build_crops(root: Path, landmarks: str) -> dict[str, np.ndarray]:
+    """ORL -> aligned crops (112 RGB and 64 BGR), labels, split (0 train, 1 val, 2 test)."""
+    finder = yunet_landmarks(SHARED / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx") \
+        if landmarks == "yunet" else detector_landmarks()
+    split_parts = orl_split(root)
+    people = [person for person, _, _ in split_parts]
+    c112, c64, labels, split, missed = [], [], [], [], 0
+    for k, (_, paths, part) in enumerate(split_parts):
         for p, s in zip(paths, part, strict=True):
             bgr = cv2.copyMakeBorder(cv2.imread(str(p)), 40, 40, 40, 40, cv2.BORDER_REPLICATE)
             lm = central_face(*finder(bgr), bgr.shape)  # type: ignore[operator]

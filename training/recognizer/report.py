@@ -89,7 +89,7 @@ def stage_model(stage: Stage, data: CropSet, work: Path) -> tuple[Path, dict, di
             m = sface()
             figures = {"params": count_params(m), "macs": count_macs(m, (3, 112, 112))}
         elif stage.onnx.name == "face_recognizer.onnx" and final_checkpoint().exists():  # its float source
-            m = torch.load(final_checkpoint(), weights_only=False)["model"].eval()
+            m = torch.load(final_checkpoint(), map_location="cpu", weights_only=False)["model"].eval()
             mirror = json.loads((MODEL_DIR / "model.json").read_text()).get("mirror_fusion", False)
             figures = {"params": count_params(m), "macs": count_macs(m, (3, 112, 112)) * (2 if mirror else 1)}
         return stage.onnx, stage.spec or INPUT_SPEC, figures
@@ -102,7 +102,7 @@ def stage_model(stage: Stage, data: CropSet, work: Path) -> tuple[Path, dict, di
     else:
         path = work / (ckpt.parent.name + ("_mirror" if stage.flip else "") + ".onnx")
         export_checkpoint(ckpt, path, data, flip=stage.flip)
-        model = torch.load(ckpt, weights_only=False)["model"].eval()
+        model = torch.load(ckpt, map_location="cpu", weights_only=False)["model"].eval()
     macs = count_macs(model, (3, 112, 112)) * (2 if stage.flip else 1)  # the mirror is a second pass
     return path, INPUT_SPEC, {"params": count_params(model), "macs": macs}
 

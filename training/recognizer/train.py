@@ -48,29 +48,33 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------- augmentation
 
 
-def augment(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> torch.Tensor:
+def augment(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0, device: str = "cpu") -> torch.Tensor:
     """(B, 112, 112, 3) uint8 crops -> normalised (B, 3, 112, 112) with alignment and camera jitter.
 
     Half of the batch gets a small similarity jitter (rotation 6 deg, scale 7 %, shift 3 px: detector
     landmark noise); then brightness / contrast, 20 % greyscale (IR cameras), 20 % low resolution (a face
     20-40 px wide upscaled). The teacher target stays that of the clean crop, so the student learns to be
-    stable where the runtime crops wobble.
+    stable where the runtime crops wobble. The arithmetic runs on ``device``; the random draws do not
+    depend on it.
     """
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
     b = len(rgb)
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float()
-    jit = torch.from_numpy(rng.random(b) < 0.5 * strength)
-    ang = torch.from_numpy(rng.uniform(-6, 6, b)).float() * math.pi / 180 * jit
-    sc = 1 + torch.from_numpy(rng.uniform(-0.07, 0.07, b)).float() * jit
-    sh = torch.from_numpy(rng.uniform(-0.055, 0.055, (b, 2))).float() * jit[:, None]
+    x = t(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float()
+    jit = t(rng.random(b) < 0.5 * strength)
+    ang = t(rng.uniform(-6, 6, b)).float() * math.pi / 180 * jit
+    sc = 1 + t(rng.uniform(-0.07, 0.07, b)).float() * jit
+    sh = t(rng.uniform(-0.055, 0.055, (b, 2))).float() * jit[:, None]
     theta = torch.stack([torch.stack([sc * torch.cos(ang), -sc * torch.sin(ang), sh[:, 0]], 1),
                          torch.stack([sc * torch.sin(ang), sc * torch.cos(ang), sh[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    gain = torch.from_numpy(rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength, (b, 1, 1, 1))).float()
-    bias = torch.from_numpy(rng.uniform(-25 * strength, 25 * strength, (b, 1, 1, 1))).float()
+    gain = t(rng.uniform(1 - 0.3 * strength, 1 + 0.3 * strength, (b, 1, 1, 1))).float()
+    bias = t(rng.uniform(-25 * strength, 25 * strength, (b, 1, 1, 1))).float()
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * gain + mean + bias
-    grey = torch.from_numpy(rng.random(b) < 0.2 * strength)
+    grey = t(rng.random(b) < 0.2 * strength)
     x[grey] = x[grey].mean(1, keepdim=True).expand(-1, 3, -1, -1)
     low = np.flatnonzero(rng.random(b) < 0.2 * strength)
     for i in low:
@@ -87,10 +91,11 @@ class Batches:
     """Deterministic per-step batches: crops (+ mirror with the mirrored teacher target), labels."""
 
     def __init__(self, data: CropSet, teacher: np.ndarray | None, pool: np.ndarray, batch: int,
-                 labels: np.ndarray | None, seed: int, views: Path | None = None, p_view: float = 0.0):
+                 labels: np.ndarray | None, seed: int, views: Path | None = None, p_view: float = 0.0,
+                 device: str = "cpu"):
         self.crops = np.asarray(data.crops)  # load into memory (about 0.6 GB)
         self.teacher, self.pool, self.batch, self.labels, self.seed = teacher, pool, batch, labels, seed
-        self.views, self.view_of, self.p_view = None, {}, p_view
+        self.views, self.view_of, self.p_view, self.device = None, {}, p_view, device
         if views is not None and p_view > 0:  # detector-aligned views of the same faces, clean targets
             z = np.load(views)
             self.views, self.teacher = z["crops"], z["targets"]
@@ -108,7 +113,7 @@ class Batches:
                 if k is not None:
                     rgb[j] = self.views[k]
         rgb[flip] = rgb[flip, :, ::-1]
-        x = augment(rgb, rng)
+        x = augment(rgb, rng, device=self.device)
         t = torch.from_numpy(self.teacher[idx, flip.astype(int)]) if self.teacher is not None else None
         y = torch.from_numpy(self.labels[idx]) if self.labels is not None else None
         return x, t, y
@@ -128,12 +133,14 @@ def identity_labels(data: CropSet, pool: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def torch_embedder(model: nn.Module, batch: int = 64) -> object:
-    """(N, 112, 112, 3) RGB uint8 -> (N, D) embeddings of a torch model in eval mode."""
+    """(N, 112, 112, 3) RGB uint8 -> (N, D) embeddings of a torch model in eval mode (on its device)."""
 
     @torch.no_grad()
     def run(rgb: np.ndarray) -> np.ndarray:
         model.eval()
-        return torch.cat([model(normalize_input(rgb[i:i + batch])) for i in range(0, len(rgb), batch)]).numpy()
+        dev = next(model.parameters()).device
+        return torch.cat([model(normalize_input(rgb[i:i + batch]).to(dev)).cpu()
+                          for i in range(0, len(rgb), batch)]).numpy()
 
     return run
 
@@ -214,6 +221,7 @@ def main() -> None:
     ap.add_argument("--w-rel", type=float, default=1.0, help="relational loss weight (default: 1.0)")
     ap.add_argument("--eval-every", type=int, default=500, help="steps between calib evaluations (default: 500)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     ap.add_argument("--p-view", type=float, default=0.0,
                     help="share of WebFaces crops replaced by their detector-aligned view, with clean "
                          "targets (needs <data>/views.npz from 'data views') (default: 0)")
@@ -241,9 +249,11 @@ def main() -> None:
                         w_cos=1.0 if teacher is not None else 0.0, w_label=1.0 if classes else 0.0,
                         classes=classes, eval_every=args.eval_every, warmup=min(100, args.steps // 10))
     views = args.data / "views.npz" if args.p_view > 0 else None
-    batches = Batches(data, teacher, pool, args.batch, labels, seed=cfg.seed, views=views, p_view=args.p_view)
+    batches = Batches(data, teacher, pool, args.batch, labels, seed=cfg.seed, views=views, p_view=args.p_view,
+                      device=args.device)
     meta = {"args": {k: str(v) for k, v in vars(args).items()}}
-    model, history = train(model, batches, cfg, ckpt, calib_eval(data), meta)
+    model, history = train(model, batches, cfg, ckpt, calib_eval(data), meta, device=args.device)
+    model = model.cpu()
 
     # 4. record what the stage produced
     size = getattr(getattr(model, "cfg", None), "input_size", 112)
