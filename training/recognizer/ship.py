@@ -1,10 +1,10 @@
 """Ship the recognizer: export the last stage to ONNX, quantize to int8, calibrate thresholds, write the folder.
 
-    python -m training.recognizer.ship --ckpt runs/recognizer/lowrank/ckpt.pt   # ~2 min
+    python -m training.recognizer.ship --ckpt runs/recognizer/finetune/ckpt.pt --data runs/recognizer/data_det2
 
-1. export the checkpoint (BN folded, checked against PyTorch) to ``runs/recognizer/ship/fp32/``, with the
-   mirror fusion in the graph (``model.FlipFusion``: embedding of the crop + that of its mirror; ``--no-flip``
-   for the plain network);
+1. export the checkpoint (BN folded, checked against PyTorch) to ``runs/recognizer/ship/fp32/``; ``--flip``
+   puts the mirror fusion in the graph (``model.FlipFusion``: embedding of the crop + that of its mirror,
+   twice the time per crop for a few tenths of a point);
 2. write calibration crops (300 aligned training-pool crops, never the eval or calib people) as PNG;
 3. ``deploy/quantize.py`` twice, each checked against fp32: static int8 QDQ (per-channel weights, uint8
    activations) into ``int8_static/`` and int8 weights only (fp32 activations, folded at load) into
@@ -92,11 +92,11 @@ def write_calib_crops(data: CropSet, folder: Path, n: int = 300) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", type=Path, default=REPO / "runs/recognizer/lowrank/ckpt.pt",
+    ap.add_argument("--ckpt", type=Path, default=REPO / "runs/recognizer/finetune/ckpt.pt",
                     help="checkpoint of the last float stage (default: %(default)s)")
     ap.add_argument("--data", type=Path, default=DEFAULT_OUT, help="crop folder (default: %(default)s)")
-    ap.add_argument("--no-flip", action="store_true",
-                    help="export the plain network (default: embed the crop and its mirror in one graph)")
+    ap.add_argument("--flip", action="store_true",
+                    help="embed the crop and its mirror in one graph (default: the plain network)")
     ap.add_argument("--static", action="store_true",
                     help="ship the static int8 model (int8 activations too) instead of the int8-weights one")
     ap.add_argument("--work", type=Path, default=REPO / "runs/recognizer/ship", help="scratch (default: %(default)s)")
@@ -109,7 +109,7 @@ def main() -> None:
     # 1. export fp32
     fp32_dir = args.work / "fp32"
     fp32_dir.mkdir(parents=True, exist_ok=True)
-    diff = export_checkpoint(args.ckpt, fp32_dir / "face_recognizer_fp32.onnx", data, flip=not args.no_flip)
+    diff = export_checkpoint(args.ckpt, fp32_dir / "face_recognizer_fp32.onnx", data, flip=args.flip)
     placeholder = {"known": 0.5, "unknown": 0.4}
     (fp32_dir / "model.json").write_text(json.dumps(manifest(fp32_dir / "face_recognizer_fp32.onnx", placeholder,
                                                              {}), indent=2))
@@ -140,7 +140,7 @@ def main() -> None:
     shutil.copy(int8, args.out / "face_recognizer.onnx")
     old = json.loads((args.out / "model.json").read_text()) if (args.out / "model.json").exists() else {}
     extra = {"source_checkpoint": str(args.ckpt.resolve().relative_to(REPO)) if args.ckpt.resolve().is_relative_to(REPO)
-             else str(args.ckpt), "mirror_fusion": not args.no_flip,
+             else str(args.ckpt), "mirror_fusion": args.flip,
              "quantization": quant, "export_check_max_abs_diff": diff,
              "metrics": old.get("metrics", {}),
              "training_data": "distilled from SFace on aligned crops of Caltech WebFaces (all 10,524 labelled "
