@@ -1,6 +1,6 @@
 """Ship the recognizer: export the last stage to ONNX, quantize to int8, calibrate thresholds, write the folder.
 
-    python -m training.recognizer.ship --ckpt runs/recognizer/finetune/ckpt.pt --data runs/recognizer/data_det3
+    python -m training.recognizer.ship --ckpt runs/recognizer/finetune/ckpt.pt --data runs/recognizer/data_det2
 
 1. export the checkpoint (BN folded, checked against PyTorch) to ``runs/recognizer/ship/fp32/``; ``--flip``
    puts the mirror fusion in the graph (``model.FlipFusion``: embedding of the crop + that of its mirror,
