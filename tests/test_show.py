@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import read_video
 
 from edgecam import MODELS_DIR
 from edgecam.crops import Quality
@@ -65,18 +66,6 @@ def parse_report(path: Path) -> StrictParser:
     assert not p.errors and not p.stack, (p.errors, p.stack)
     ET.fromstring(text.split("\n", 1)[1])  # also well-formed XML (XHTML-compatible output)
     return p
-
-
-def read_video(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    return frames
 
 
 # ---------------------------------------------------------------------------------------------- the real CLI

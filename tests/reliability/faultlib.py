@@ -23,7 +23,7 @@ from typing import Any
 
 import cv2
 import yaml
-from conftest import Broker, Message
+from conftest import Broker, Message, read_video
 
 from edgecam import MODELS_DIR
 
@@ -37,13 +37,8 @@ Key = tuple[str, int]
 
 def long_clip(path: Path, repeat: int) -> Path:
     """The bundled clip ``repeat`` times in a row (mp4v), for replays that outlast several injected faults."""
+    frames = read_video(CLIP)
     cap = cv2.VideoCapture(str(CLIP))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
     fps = cap.get(cv2.CAP_PROP_FPS) or 12.5
     cap.release()
     h, w = frames[0].shape[:2]
@@ -111,6 +106,13 @@ class Daemon:
         if self.alive:
             self.proc.send_signal(sig)
 
+    def terminate(self, timeout: float) -> float:
+        """SIGTERM; asserts a clean exit (status 0) within ``timeout``; returns the seconds it took."""
+        t0 = time.monotonic()
+        self.signal(signal.SIGTERM)
+        assert self.wait(timeout) == 0, self.stderr()[-3000:]
+        return time.monotonic() - t0
+
     def kill(self) -> None:
         """SIGKILL and reap."""
         self.signal(signal.SIGKILL)
@@ -126,15 +128,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def event_key(event: dict[str, Any]) -> Key:
     return (str(event["id"]), int(event["seq"]))
-
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 @dataclass

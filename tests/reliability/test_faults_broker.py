@@ -4,13 +4,12 @@ away when the daemon starts, an outbox that overflows. Each test ends with event
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Broker, Collector, FaultReport, NotifySocket, needs_mosquitto
+from conftest import Broker, Collector, FaultReport, NotifySocket, needs_mosquitto, wait_until
 from faultlib import (
     CLIP,
     CLIP_REASON,
@@ -23,7 +22,6 @@ from faultlib import (
     replay_source,
     tally,
     traceback_free,
-    wait_for,
     write_config,
 )
 
@@ -89,10 +87,10 @@ def test_broker_down_when_the_daemon_starts(
     events = tmp_path / "events.jsonl"
     d = Daemon(["run", "--config", str(cfg), "--events", str(events)], tmp_path, "daemon", env=systemd.env)
     try:
-        assert wait_for(lambda: any(t.startswith("READY=1") for t in systemd.texts()), 60), d.stderr()[-3000:]
+        assert wait_until(lambda: any(t.startswith("READY=1") for t in systemd.texts()), 60), d.stderr()[-3000:]
         ready_after = time.monotonic() - d.started
-        assert wait_for(lambda: any("broker away" in s for s in systemd.status_lines()), 10), systemd.texts()
-        assert wait_for(lambda: len(read_jsonl(events)) >= 3, 30)
+        assert wait_until(lambda: any("broker away" in s for s in systemd.status_lines()), 10), systemd.texts()
+        assert wait_until(lambda: len(read_jsonl(events)) >= 3, 30)
         queued_while_away = len(read_jsonl(events))
         broker.start()
         assert d.wait(60) == 0, d.stderr()[-3000:]
@@ -124,7 +122,7 @@ def test_outbox_full_drops_oldest_counts_and_keeps_running(
     events = tmp_path / "events.jsonl"
     d = Daemon(["run", "--config", str(cfg), "--events", str(events)], tmp_path, "daemon")
     try:
-        assert wait_for(lambda: len(read_jsonl(events)) >= 16, 60), d.stderr()[-3000:]
+        assert wait_until(lambda: len(read_jsonl(events)) >= 16, 60), d.stderr()[-3000:]
         broker.start()
         assert d.wait(60) == 0, d.stderr()[-3000:]
     finally:
@@ -157,11 +155,8 @@ def test_sigterm_during_heavy_load_stops_cleanly(
     d = Daemon(["replay", str(clip), "--config", str(cfg), "--camera", cam, "--speed", "max", "--events",
                 str(events)], tmp_path, "daemon")
     try:
-        assert wait_for(lambda: len(read_jsonl(events)) >= 30, 60), d.stderr()[-3000:]
-        t0 = time.monotonic()
-        d.signal(signal.SIGTERM)
-        assert d.wait(20) == 0, d.stderr()[-3000:]
-        stop_s = time.monotonic() - t0
+        assert wait_until(lambda: len(read_jsonl(events)) >= 30, 60), d.stderr()[-3000:]
+        stop_s = d.terminate(20)
     finally:
         d.kill()
     produced = read_jsonl(events)

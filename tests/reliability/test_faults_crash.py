@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import random
 import re
-import signal
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Broker, Collector, FaultReport, needs_mosquitto
+from conftest import Broker, Collector, FaultReport, needs_mosquitto, wait_until
 from faultlib import (
     CLIP,
     CLIP_REASON,
@@ -23,7 +22,6 @@ from faultlib import (
     received_until_complete,
     tally,
     traceback_free,
-    wait_for,
     write_config,
 )
 
@@ -67,7 +65,7 @@ def test_sigkill_mid_replay_repeatedly_outbox_survives_and_is_delivered(
         d = replay(cfg, events, tmp_path, f"run{round_}")
         try:
             at = rng.randint(3, 12)
-            assert wait_for(lambda ev=events, n=at: len(read_jsonl(ev)) >= n, 60), d.stderr()[-3000:]
+            assert wait_until(lambda ev=events, n=at: len(read_jsonl(ev)) >= n, 60), d.stderr()[-3000:]
             time.sleep(rng.uniform(0.0, 0.3))
         finally:
             d.kill()
@@ -97,11 +95,8 @@ def test_sigterm_with_the_broker_away_persists_the_outbox(
     first = tmp_path / "first.jsonl"
     d = replay(cfg, first, tmp_path, "first")
     try:
-        assert wait_for(lambda: len(read_jsonl(first)) >= 5, 60), d.stderr()[-3000:]
-        t0 = time.monotonic()
-        d.signal(signal.SIGTERM)
-        assert d.wait(20) == 0, d.stderr()[-3000:]
-        stop_s = time.monotonic() - t0
+        assert wait_until(lambda: len(read_jsonl(first)) >= 5, 60), d.stderr()[-3000:]
+        stop_s = d.terminate(20)
     finally:
         d.kill()
     queued = re.search(r"(\d+) queued on disk for the next start", d.stderr())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import Broker, Collector, FaultReport, NotifySocket, free_port, needs_mosquitto
+from conftest import Broker, Collector, FaultReport, NotifySocket, free_port, needs_mosquitto, wait_until
 from faultlib import (
     CLIP,
     CLIP_REASON,
@@ -29,7 +28,6 @@ from faultlib import (
     replay_source,
     tally,
     traceback_free,
-    wait_for,
     write_config,
 )
 from paho.mqtt.enums import CallbackAPIVersion
@@ -183,7 +181,7 @@ def test_acl_confines_the_daemon_and_its_commands(acl_broker: Broker, tmp_path: 
         assert viewer.wait_for(lambda ms: any(m.topic == f"edgecam/{CAM}/stats" for m in ms), 60), d.stderr()[-3000:]
         guest.publish(f"edgecam/{CAM}/set/detection", b"OFF")  # denied by the ACL: silently dropped by the broker
         admin.publish(f"edgecam/{CAM}/set/enroll", json.dumps({"name": "mallory"}))
-        assert wait_for(lambda: last_stats().get("mqtt", {}).get("bad_commands", 0) >= 1, 10), last_stats()
+        assert wait_until(lambda: last_stats().get("mqtt", {}).get("bad_commands", 0) >= 1, 10), last_stats()
         assert last_stats()["mqtt"]["commands"] == 0  # the guest's OFF never reached the daemon
         admin.publish(f"edgecam/{CAM}/set/detection", b"OFF")
         assert admin.wait_for(lambda ms: ms and ms[-1].payload == b"OFF", 10)
@@ -266,9 +264,8 @@ def test_secrets_never_appear_anywhere(acl_broker: Broker, notify_socket: Callab
                        mqtt={"username": "cam", "password_file": str(tmp_path / "pw")}, stats_interval_s=1)
     b = Daemon(["--log-level", "debug", "run", "--config", str(cfg)], tmp_path, "b", env=systemd.env)
     try:
-        assert wait_for(lambda: b.stderr().count("open failed") >= 2, 30), b.stderr()[-3000:]
-        b.signal(signal.SIGTERM)
-        assert b.wait(30) == 0, b.stderr()[-3000:]
+        assert wait_until(lambda: b.stderr().count("open failed") >= 2, 30), b.stderr()[-3000:]
+        b.terminate(30)
     finally:
         b.kill()
     # 3. the same, wrong password (an error message about the broker), and bad configs holding secrets
