@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecam import EdgecamError  # noqa: E402
-from edgecam.manifest import Manifest, load_manifest, sha256_file, to_tensor  # noqa: E402
+from edgecam.manifest import Manifest, load_manifest, session_options, sha256_file, to_tensor  # noqa: E402
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".pgm", ".bmp"}
 
@@ -144,13 +144,7 @@ def compact_names(path: Path) -> None:
 def session(path: Path, threads: int = 1, config: dict | None = None):  # noqa: ANN201 - onnxruntime type
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    for key, value in (config or {}).items():
-        opts.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads, config), providers=["CPUExecutionProvider"])
 
 
 def ms_per_input(path: Path, x: np.ndarray, input_name: str, n: int = 100, config: dict | None = None) -> float:

@@ -130,16 +130,25 @@ def to_tensor(images: list[np.ndarray] | np.ndarray, spec: dict[str, Any]) -> np
     return np.ascontiguousarray(batch)
 
 
-def session(manifest: Manifest, threads: int = 1, providers: list[str] | None = None) -> Any:
-    """An onnxruntime InferenceSession for a manifest's model; threads=0 lets onnxruntime choose."""
+def session_options(threads: int = 1, config: dict[str, Any] | None = None) -> Any:
+    """onnxruntime SessionOptions as edgecam runs models: ``threads`` intra-op threads (0 lets onnxruntime
+    choose), one inter-op thread, quiet logs, and a manifest's ``session_config`` entries."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    for key, value in manifest.data.get("session_config", {}).items():  # e.g. session.disable_quant_qdq
+    for key, value in (config or {}).items():  # e.g. session.disable_quant_qdq
         opts.add_session_config_entry(str(key), str(value))
+    return opts
+
+
+def session(manifest: Manifest, threads: int = 1, providers: list[str] | None = None) -> Any:
+    """An onnxruntime InferenceSession for a manifest's model; threads=0 lets onnxruntime choose."""
+    import onnxruntime as ort
+
+    opts = session_options(threads, manifest.data.get("session_config"))
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     try:

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from edgecam.manifest import session_options
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,12 +34,7 @@ def ort_session(path: Path | str | bytes, threads: int = 1,
                 config: dict[str, str] | None = None) -> ort.InferenceSession:
     """A CPU onnxruntime session with ``threads`` intra-op threads, run as edgecam runs the model: with the
     session config entries ``config`` (default: those of the model.json next to the file, if any)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    for key, value in (folder_session_config(path) if config is None else config).items():
-        opts.add_session_config_entry(key, value)
+    opts = session_options(threads, folder_session_config(path) if config is None else config)
     src = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 

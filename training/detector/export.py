@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgecam.manifest import sha256_file
+from training.compress.export import ort_session
 from training.detector.model import ConvBnAct, DeployHead, create_model
 from training.detector.train import INPUT_MEAN, INPUT_STD, config_from_dict
 
@@ -127,21 +128,9 @@ def drop_default_attributes(node: onnx.NodeProto) -> None:
     node.attribute.extend(keep)
 
 
-def ort_session(path: Path, config: dict[str, str] | None = None) -> Any:
-    """A single-thread CPU onnxruntime session with extra session config entries."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    for k, v in (config or {}).items():
-        opts.add_session_config_entry(k, v)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def ort_run(path: Path, x: np.ndarray, config: dict[str, str] | None = None) -> np.ndarray:
     """One onnxruntime run on one thread."""
-    return ort_session(path, config).run(None, {"input": x})[0]
+    return ort_session(path, 1, config or {}).run(None, {"input": x})[0]
 
 
 def compare(model: nn.Module, fp32: Path, int8: Path, image: np.ndarray | None = None) -> dict[str, float]:

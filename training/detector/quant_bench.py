@@ -23,9 +23,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from training.compress.export import ort_session
 from training.detector.data import read_split
 from training.detector.evaluate import average_precision, load_split, match, model_folder, ours
-from training.detector.export import SESSION_CONFIG, ort_session
+from training.detector.export import SESSION_CONFIG
 from training.detector.train import INPUT_MEAN, INPUT_STD
 
 
@@ -56,7 +57,7 @@ def full_int8(fp32: Path, dst: Path, calib: list[Path]) -> None:
 
 def session_ms(path: Path, config: dict[str, str], x: np.ndarray, runs: int) -> float:
     """Median ms of a bare single-thread ``session.run``."""
-    s = ort_session(path, config)
+    s = ort_session(path, 1, config or {})
     for _ in range(20):
         s.run(None, {"input": x})
     t = []

@@ -21,6 +21,7 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
+from edgecam.manifest import session_options
 from training.recognizer.model import FaceMobileNet, sface
 
 ANCHORS = Path(__file__).resolve().parents[2] / "../shared/models/anchors"
@@ -82,13 +83,10 @@ class OnnxTeacher:
     """SFace in onnxruntime: (B, 112, 112, 3) uint8 RGB crops -> (B, 128) float32 embeddings."""
 
     def __init__(self, path: Path = SFACE_PATH, threads: int = 1):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         model = onnx.load(str(path))
         model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"  # the file fixes batch 1
-        self.sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                         providers=["CPUExecutionProvider"])
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(rgb.transpose(0, 3, 1, 2), dtype=np.float32)
