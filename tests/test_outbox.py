@@ -245,3 +245,24 @@ def test_sender_resends_rows_stuck_after_a_reconnect(tmp_path: Path, monkeypatch
     sender.connected()  # suppose paho lost them: after RESEND_AFTER_S they go again, in order
     sender.step()
     assert [p for _, p in client.sent] == [b"0", b"1", b"0", b"1"]
+
+
+def test_processes_opening_a_new_outbox_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two daemons (cameras) sharing a state directory start together: creating the database, switching
+    it to WAL and creating the schema race; every one of them must open it (SQLite answers 'database is
+    locked' at once there, without waiting for its busy timeout)."""
+    for round_ in range(5):
+        path = tmp_path / f"round{round_}" / "outbox.sqlite3"
+        start = time.time() + 1.0
+        code = textwrap.dedent(f"""
+            import time
+            from pathlib import Path
+            from edgecam.outbox import Outbox
+            time.sleep(max(0.0, {start!r} - time.time()))
+            Outbox(Path({str(path)!r}), "cam", 100).put("t", b"x", 1, 0.0)
+        """)
+        procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+                 for _ in range(6)]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e for e in errors if e][:1]
+        assert Outbox(path, "cam", 100).count() == 6
