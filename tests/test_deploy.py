@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -239,26 +240,76 @@ def any_size_model(folder: Path) -> None:
     cv2.imwrite(str(folder / "curve.png"), np.zeros((4, 4, 3), np.uint8))
 
 
-def test_quantize_a_model_of_any_input_size(tmp_path: Path) -> None:
-    """Images of different sizes are fitted into --size (padded to pad_multiple); batch-1 graphs are compared
-    one input at a time; the model card and its plots travel with the int8 folder."""
+def any_size_calib(folder: Path) -> None:
+    """12 smooth random colour images of 4 sizes (none the model's: it takes any size)."""
     import cv2
 
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for k, (h, w) in enumerate([(100, 150), (300, 200), (240, 320), (50, 400)] * 3):
+        small = rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{k}.png"), cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
+
+
+def test_quantize_a_model_of_any_input_size(tmp_path: Path) -> None:
+    """Images of different sizes are fitted into --size (padded to pad_multiple); batch-1 graphs are compared
+    one input at a time; the model card and its plots travel with the int8 folder.
+
+    The bound holds on every x86 CPU because the weights are 7-bit by default: with 8-bit weights this model
+    gave cosine 0.9998 on a CPU with VNNI and 0.972 on an AVX2-only one (onnxruntime's int16 pair sums
+    saturate there; see test_static_int8_is_exact_on_a_cpu_without_vnni)."""
     sys.path.insert(0, str(REPO / "deploy"))
     import quantize  # deploy/quantize.py
 
     any_size_model(tmp_path / "fp32")
     calib = tmp_path / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(1)
-    for k, (h, w) in enumerate([(100, 150), (300, 200), (240, 320), (50, 400)] * 3):
-        small = rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)
-        cv2.imwrite(str(calib / f"{k}.png"), cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
+    any_size_calib(calib)
     batch = quantize.load_inputs(sorted(calib.glob("*.png")), json.loads((tmp_path / "fp32" / "model.json")
                                                                         .read_text())["input"], (300, 200))
     assert batch.shape == (12, 1, 224, 320)  # 300x200 rounded up to multiples of 32
     record = quantize.run(tmp_path / "fp32", calib, tmp_path / "int8", None, 20, "minmax", free_size=(300, 200))
-    assert record["check"]["inputs"] == 12 and record["check"]["cosine_mean"] > 0.98
+    assert record["check"]["inputs"] == 12 and record["check"]["cosine_mean"] > 0.995
+    assert "7-bit" in record["method"]
     assert (tmp_path / "int8" / "README.md").is_file() and (tmp_path / "int8" / "curve.png").is_file()
     m = json.loads((tmp_path / "int8" / "model.json").read_text())
     assert m["file"] == "m_int8.onnx" and m["quantization"]["calibration_images"] == 12
+
+
+QEMU = shutil.which("qemu-x86_64")
+COMPARE_SCRIPT = """
+import sys, json
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import numpy as np, quantize
+folder, x = Path(sys.argv[2]), np.load(sys.argv[3])
+a = quantize.first_output(folder / "fp32" / "m.onnx", x, "input")
+for name in sys.argv[4:]:
+    b = quantize.first_output(folder / name / "m_int8.onnx", x, "input")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    print(json.dumps({"model": name, "cosine_mean": float(cos.mean())}))
+"""
+
+
+@pytest.mark.skipif(QEMU is None or os.uname().machine != "x86_64",
+                    reason="needs qemu-x86_64 (apt-get install qemu-user) on x86-64")
+def test_static_int8_is_exact_on_a_cpu_without_vnni(tmp_path: Path) -> None:
+    """The int8 model runs under qemu emulating a Haswell (AVX2, no AVX-512 / VNNI), the CPU class on which
+    the 8-bit-weight model of test_quantize_a_model_of_any_input_size fell to cosine 0.972: 7-bit weights
+    (the default) agree with fp32 there as they do natively."""
+    sys.path.insert(0, str(REPO / "deploy"))
+    import quantize  # deploy/quantize.py
+
+    any_size_model(tmp_path / "fp32")
+    any_size_calib(tmp_path / "calib")
+    spec = json.loads((tmp_path / "fp32" / "model.json").read_text())["input"]
+    np.save(tmp_path / "x.npy", quantize.load_inputs(sorted((tmp_path / "calib").glob("*.png")), spec, (300, 200)))
+    for name, full in (("int8", False), ("int8_full", True)):
+        quantize.run(tmp_path / "fp32", tmp_path / "calib", tmp_path / name, None, 20, "minmax",
+                     free_size=(300, 200), full_range=full)
+    r = subprocess.run([QEMU, "-cpu", "Haswell-noTSX", sys.executable, "-c", COMPARE_SCRIPT, str(REPO / "deploy"),
+                        str(tmp_path), str(tmp_path / "x.npy"), "int8", "int8_full"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cos = {d["model"]: d["cosine_mean"] for d in map(json.loads, r.stdout.splitlines())}
+    print(f"on an emulated AVX2-only CPU: cosine 7-bit weights {cos['int8']:.4f}, 8-bit {cos['int8_full']:.4f}")
+    assert cos["int8"] > 0.995
