@@ -217,7 +217,17 @@ class TrackerConfig(Section):
 
     iou_threshold: float = Field(default=0.3, gt=0, lt=1, description="smallest IoU to continue a track")
     min_hits: int = Field(default=3, ge=1, le=1000, description="detections before a track is confirmed (event new)")
-    max_age: int = Field(default=8, ge=1, le=10000, description="detector runs without a match before a track ends")
+    confirm_score: float = Field(default=0.6, ge=0, le=1,
+                                 description="a track is confirmed (event new) only once confirm_hits of its "
+                                 "detections scored at least this: a face with confidence (0: no gate)")
+    confirm_hits: int = Field(default=2, ge=1, le=1000,
+                              description="detections scoring at least confirm_score before a track is confirmed")
+    max_age: int = Field(default=12, ge=1, le=10000, description="detector runs without a match before a track "
+                         "ends (a face turned away for a moment keeps its id)")
+    match_distance: float = Field(default=1.0, ge=0, le=10,
+                                  description="a detection overlapping no track continues the nearest unmatched "
+                                  "track whose predicted centre is within this many face widths and whose size "
+                                  "is within 2x (a face missed for a few frames keeps its id; 0: IoU only)")
     update_interval_s: float = Field(default=1.0, ge=0, le=3600, description="least time between snapshot-only updates")
     label: str = Field(default="face", pattern=r"^[a-z0-9_]{1,32}$", description="label of the events")
 

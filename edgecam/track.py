@@ -3,12 +3,15 @@
 Used in two steps per frame on which the detector ran:
 
 1. ``assign(boxes)`` matches the detections to live tracks (greedy, highest IoU first, against each track's
-   constant-velocity prediction) and opens a tentative track for each unmatched detection;
+   constant-velocity prediction; then a detection that overlaps no track continues the nearest unmatched track
+   within ``match_distance`` face widths, so a face missed for a few frames keeps its id) and opens a tentative
+   track for each detection left;
 2. the caller measures crop quality and recognizes the crops of tracks that ``want_vote()``, then passes
    ``Observation``s to ``update(frame, observations)``, which returns the events.
 
-A track is confirmed (event ``new``) after ``min_hits`` detections and ends (event ``end``) after ``max_age``
-detector runs without one. An ``update`` is sent when the voted identity changes, or when the best snapshot
+A track is confirmed (event ``new``) after ``min_hits`` detections of which ``confirm_hits`` scored at least
+``confirm_score`` (a face with confidence: lamps, flames and torsos that the detector scores just above its
+threshold never become events), and ends (event ``end``) after ``max_age`` detector runs without one. An ``update`` is sent when the voted identity changes, or when the best snapshot
 improved and ``update_interval_s`` has passed since the track's last event. Frames on which the detector
 did not run (the motion gate saw a still scene) do not age tracks. The best snapshot is the observation with
 the largest detector score x face size x crop sharpness. ``flush()`` ends every track (end of a replay,
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_PREDICT_RUNS = 4
+"""A missed track's box is extrapolated this many detector runs at most (beyond, the guess is worse than none)."""
+
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``a`` (N, 4+) with every box in ``b`` (M, 4+), x1,y1,x2,y2 -> (N, M)."""
@@ -45,6 +51,22 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def centre_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance between the centres of every box in ``a`` (N, 4+) and ``b`` (M, 4+), in widths of ``b`` -> (N, M).
+
+    The width of a ``b`` box is the mean of its sides; a pair whose sizes differ by more than 2x is ``inf``.
+    """
+    a, b = np.asarray(a, np.float64)[:, :4], np.asarray(b, np.float64)[:, :4]
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    ca, cb = (a[:, :2] + a[:, 2:]) / 2, (b[:, :2] + b[:, 2:]) / 2
+    sa = np.maximum((a[:, 2:] - a[:, :2]).mean(-1), 1e-6)
+    sb = np.maximum((b[:, 2:] - b[:, :2]).mean(-1), 1e-6)
+    dist = np.linalg.norm(ca[:, None] - cb[None], axis=-1) / sb[None]
+    ratio = sa[:, None] / sb[None]
+    return np.where((ratio <= 2.0) & (ratio >= 0.5), dist, np.inf)
 
 
 def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
@@ -130,6 +152,7 @@ class Track:
     last_frame: int
     last_ts: float
     hits: int = 1
+    confident_hits: int = 0  # detections scoring at least tracker.confirm_score
     misses: int = 0
     confirmed: bool = False
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # box change per detector run
@@ -144,8 +167,8 @@ class Track:
     last_event_ts: float = 0.0
 
     def predicted(self) -> np.ndarray:
-        """Where the box should be at the next detector run (constant velocity)."""
-        return self.box[:4] + self.velocity
+        """Where the box should be at the next detector run (constant velocity, through up to 4 misses)."""
+        return self.box[:4] + self.velocity * min(self.misses + 1, MAX_PREDICT_RUNS)
 
     def want_vote(self, max_votes: int) -> bool:
         """Whether a new recognizer result for this track would still count."""
@@ -168,6 +191,7 @@ class Tracker:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 5)
         predicted = np.array([t.predicted() for t in self.tracks]).reshape(-1, 4)
         pairs = greedy_match(iou_matrix(boxes, predicted), self.cfg.iou_threshold)
+        pairs += self._match_near(boxes, predicted, pairs)
         assigned: list[Track | None] = [None] * len(boxes)
         for d, t in pairs:
             assigned[d] = self.tracks[t]
@@ -175,6 +199,23 @@ class Tracker:
             if assigned[d] is None:
                 assigned[d] = self._open(boxes[d], frame_index, timestamp)
         return [t for t in assigned if t is not None]
+
+    def _match_near(self, boxes: np.ndarray, predicted: np.ndarray,
+                    pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(detection, confirmed track) pairs by centre distance among those IoU left unmatched, nearest first.
+
+        Only confirmed tracks: a face that was an event keeps its id through a miss; tentative tracks (a
+        flicker) are not stitched together into something that looks confirmed.
+        """
+        if self.cfg.match_distance <= 0:
+            return []
+        free_d = [d for d in range(len(boxes)) if d not in {p[0] for p in pairs}]
+        free_t = [t for t in range(len(self.tracks)) if t not in {p[1] for p in pairs} and self.tracks[t].confirmed]
+        if not free_d or not free_t:
+            return []
+        dist = centre_distance(boxes[free_d], predicted[free_t])
+        closeness = np.where(dist <= self.cfg.match_distance, 1.0 / (1.0 + dist), 0.0)
+        return [(free_d[d], free_t[t]) for d, t in greedy_match(closeness, 1e-9)]
 
     def _open(self, box: np.ndarray, frame_index: int, timestamp: float) -> Track:
         track = Track(f"{self.run_id}-{self._next:05d}", box.copy(), frame_index, timestamp, frame_index, timestamp,
@@ -202,13 +243,14 @@ class Tracker:
         if t.hits:
             t.velocity = 0.5 * t.velocity + 0.5 * (ob.box[:4] - t.box[:4]) / max(1, t.misses + 1)
         t.box, t.hits, t.misses = ob.box.astype(np.float32).copy(), t.hits + 1, 0
+        t.confident_hits += float(ob.box[4]) >= self.cfg.confirm_score
         t.last_frame, t.last_ts, t.max_score = frame.index, frame.timestamp, max(t.max_score, float(ob.box[4]))
         self._offer_best(t, frame, ob)
         if ob.vote is not None:
             t.votes.append(ob.vote)
         previous, t.identity = t.identity, vote(t.votes)
         if not t.confirmed:
-            if t.hits < self.cfg.min_hits:
+            if t.hits < self.cfg.min_hits or t.confident_hits < self.cfg.confirm_hits:
                 return []
             t.confirmed = True
             return [self._event("new", t, frame)]

@@ -8,7 +8,7 @@ import pytest
 from edgecam.config import SnapshotConfig, TrackerConfig
 from edgecam.crops import Quality
 from edgecam.sources import Frame
-from edgecam.track import Observation, Tracker, Vote, greedy_match, iou_matrix, vote
+from edgecam.track import Observation, Tracker, Vote, centre_distance, greedy_match, iou_matrix, vote
 
 IMG = np.zeros((240, 320, 3), np.uint8)
 EVENT_KEYS = {"type", "id", "seq", "camera", "label", "identity", "status", "scores", "box", "start", "end",
@@ -155,3 +155,68 @@ def test_flush_ends_confirmed_tracks() -> None:
     step(t, 3, [box(10), box(200)])
     ended = t.flush(frame(4))
     assert [e.kind for e in ended] == ["end"] and t.tracks == []
+
+
+# ---------------------------------------------------------------------------------------------- issue 10 / 12
+
+
+def test_a_track_becomes_new_only_with_confident_detections() -> None:
+    t = make(confirm_score=0.6, confirm_hits=2)
+    events = []
+    for i in range(10):  # a lamp the detector scores just above its threshold: never an event
+        events += step(t, i, [box(10, score=0.55), box(200, score=0.9 if i == 4 else 0.55)])
+    assert events == [] and len(t.tracks) == 2
+    [new] = step(t, 10, [box(10, score=0.55), box(200, score=0.62)])  # the 2nd confident hit of the right one
+    assert new["type"] == "new" and new["frames"]["hits"] == 11 and new["scores"]["detection_max"] == 0.9
+    assert new["start"] == pytest.approx(0.0)  # the track's first sighting, not the moment it became confident
+    off = make(confirm_score=0.0)  # gate off: min_hits alone, as before
+    assert [e["type"] for i in range(3) for e in step(off, i, [box(10, score=0.51)])] == ["new"]
+
+
+def test_confirm_hits_and_min_hits_both_hold() -> None:
+    t = make(min_hits=4, confirm_score=0.6, confirm_hits=1)
+    assert [e for i in range(3) for e in step(t, i, [box(10, score=0.99)])] == []  # confident, but 3 < min_hits
+    assert [e["type"] for e in step(t, 3, [box(10, score=0.3)])] == ["new"]
+
+
+def test_centre_distance_in_face_widths_and_size_gate() -> None:
+    a = np.array([[0, 0, 40, 40], [100, 0, 110, 10], [0, 0, 100, 100]], np.float32)
+    b = np.array([[20, 0, 60, 40]], np.float32)
+    d = centre_distance(a, b)
+    assert d.shape == (3, 1) and d[0, 0] == pytest.approx(0.5)
+    assert np.isinf(d[1, 0]) and np.isinf(d[2, 0])  # 4x smaller / 2.5x larger: not the same face
+    assert centre_distance(np.zeros((0, 4)), b).shape == (0, 1)
+
+
+def test_a_face_missed_for_a_few_runs_keeps_its_id() -> None:
+    t = make(max_age=12, match_distance=1.0)
+    events = []
+    for i in range(4):
+        events += step(t, i, [box(100)])
+    for i in range(4, 12):  # turned away: 8 detector runs without it
+        events += step(t, i, [])
+    # back 25 px to the left and a little larger: IoU with the last box 0.23 (< iou_threshold 0.3), 0.6 widths away
+    back = box(75, y=55, s=44)
+    assert iou_matrix(back[None], box(100)[None])[0, 0] < 0.3
+    events += step(t, 12, [back]) + step(t, 13, [back])
+    assert [e["type"] for e in events] == ["new"] and len(t.tracks) == 1 and t.tracks[0].hits == 6
+    far = make(max_age=12, match_distance=1.0)
+    for i in range(4):
+        step(far, i, [box(100)])
+    step(far, 4, [])
+    step(far, 5, [box(180)])  # two face widths away: someone else
+    assert len(far.tracks) == 2
+
+
+def test_tentative_tracks_are_not_stitched_by_distance() -> None:
+    t = make(max_age=12, min_hits=3, match_distance=1.0)
+    step(t, 0, [box(100)])
+    step(t, 1, [])
+    step(t, 2, [box(125)])  # IoU 0.23 with the tentative track: a new tentative track, not a 2nd hit
+    assert len(t.tracks) == 2 and all(tr.hits == 1 for tr in t.tracks)
+    off = make(max_age=12, match_distance=0.0)  # IoU only: a confirmed face that jumped gets a new id
+    for i in range(3):
+        step(off, i, [box(100)])
+    step(off, 3, [])
+    step(off, 4, [box(130)])
+    assert len(off.tracks) == 2
