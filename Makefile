@@ -1,6 +1,8 @@
 # edgecam: `make demo` replays the bundled clip through the whole pipeline; `make test` runs the tests.
 # Both set themselves up on a fresh machine: a virtual environment in .venv with edgecam installed
-# editable (and, for the tests, mosquitto from apt when it is missing and we are root).
+# editable (and, for the tests, mosquitto from apt when it is missing and we are root). Installs are pinned by
+# constraints/python<X.Y>.txt (what pip resolved on that Python when `make lock` last ran); `make lock`
+# re-resolves on purpose in a scratch venv and rewrites the file for this Python.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,8 +14,12 @@ CLIP := edgecam/data/corridor.mp4
 # The demo runs the recognizer too once it is shipped (deploy/configs/demo.yaml names it).
 DEMO_CONFIG := $(if $(wildcard edgecam/models/face_recognizer/model.json),--config deploy/configs/demo.yaml,)
 PYTEST_ARGS ?=
+PYVER := $(shell $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+LOCK := constraints/python$(PYVER).txt
+PIN = $(if $(wildcard $(LOCK)),--constraint $(LOCK),)
+LOCK_VENV := .venv-lock
 
-.PHONY: demo test setup setup-train mosquitto lint clean
+.PHONY: demo test setup setup-train mosquitto lint lock clean
 
 demo: setup
 	$(BIN)/edgecam replay $(CLIP) --speed max $(DEMO_CONFIG)
@@ -31,16 +37,34 @@ setup: $(STAMP)
 setup-train: $(TRAIN_STAMP)
 
 $(TRAIN_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
+	$(BIN)/python -m pip install --quiet $(PIN) -e '.[dev,train]'
 	touch $(TRAIN_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(STAMP): pyproject.toml $(wildcard $(LOCK)) | $(BIN)/python
+	@[ -n "$(PIN)" ] || echo "no $(LOCK) for Python $(PYVER): installing unpinned versions ('make lock' pins them)" >&2
+	$(BIN)/python -m pip install --quiet --upgrade $(PIN) pip
+	$(BIN)/python -m pip install --quiet $(PIN) -e '.[dev]'
 	touch $(STAMP)
+
+# Re-resolve every dependency (runtime, dev, train) in a scratch venv and pin what pip picks today. Run it on
+# purpose, then `make test`, and commit the new constraints file with the figures that changed.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,train]'
+	mkdir -p constraints
+	{ echo "# Pinned by 'make lock' on $$(date -u +%Y-%m-%d) with Python $(PYVER) ($$(uname -m)): every package pip"; \
+	  echo "# resolved for edgecam[dev,train]. make setup / make test install with it; local version labels"; \
+	  echo "# (+cpu) are dropped so the pins match the wheels of any index."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^#' | sed -E 's/\+[A-Za-z0-9.]+$$//'; \
+	} > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "wrote $(LOCK); 'make test' installs with it"
 
 mosquitto:
 	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then exit 0; fi; \
@@ -53,4 +77,4 @@ mosquitto:
 	fi
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(STAMP) $(TRAIN_STAMP)
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(LOCK_VENV) $(STAMP) $(TRAIN_STAMP)
