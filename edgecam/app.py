@@ -83,12 +83,13 @@ class App:
         stdout: Where events go as JSON lines when there is no broker (default ``sys.stdout``).
         detector, recognizer: Preloaded models (default: loaded from ``cfg``; owned, and closed, by the caller).
         show: An ``edgecam.show.Show`` (annotated video, report): an output, and called for every frame.
+        progress: An ``edgecam.progress.Progress``: called for every frame, closed when the worker ends.
     """
 
     def __init__(self, cfg: Config, source: Source | None = None, publisher: Any | None = None,
                  events_path: Path | None = None, stdout: IO[str] | None = None, detector: Detector | None = None,
-                 recognizer: Recognizer | None = None, show: Any | None = None) -> None:
-        self.cfg, self.source, self.publisher, self.show = cfg, source, publisher, show
+                 recognizer: Recognizer | None = None, show: Any | None = None, progress: Any | None = None) -> None:
+        self.cfg, self.source, self.publisher, self.show, self.progress = cfg, source, publisher, show, progress
         self.detector, self.recognizer = detector, recognizer
         self.events_path, self._stdout = events_path, stdout
         self.outputs: list[JsonLines] = []
@@ -252,6 +253,8 @@ class App:
             logger.debug("ending the open tracks failed", exc_info=True)
         finally:
             self._t_end = time.monotonic()
+            if self.progress is not None:
+                self.progress.close(self.pipeline)
             self._done.set()
 
     def _handle(self, frame: Frame, arrived: float) -> None:
@@ -266,6 +269,8 @@ class App:
         self._publish_states()
         if self.show is not None:
             self.show.frame(frame, self.pipeline, events)
+        if self.progress is not None:
+            self.progress.frame(frame, self.pipeline)
 
     def _emit(self, events: list[Event], arrived: float) -> None:
         """Send events to every output: MQTT event (on disk first) + snapshot, then JSON lines."""
@@ -420,7 +425,8 @@ class App:
         if self.publisher is not None:
             st = self.publisher.status()
             out.update(queue_depth=st.get("queued", 0), dropped_events=st.get("dropped", 0),
-                       broker_connected=bool(st.get("connected")), latency_ms=st.get("latency_ms"))
+                       broker_connected=bool(st.get("connected")), broker_ever_connected=bool(st.get("ever_connected")),
+                       broker_error=st.get("last_error"), latency_ms=st.get("latency_ms"))
         return out
 
 
@@ -462,12 +468,35 @@ def run_app(app: App) -> dict[str, Any]:
 
 
 def replay(cfg: Config, video: Path, speed: str = "max", events_path: Path | None = None,
-           stdout: IO[str] | None = None, show: Any | None = None) -> dict[str, Any]:
-    """Replay ``video`` through the daemon pipeline (``edgecam replay``); the final stats."""
+           stdout: IO[str] | None = None, show: Any | None = None, progress: bool = False) -> dict[str, Any]:
+    """Replay ``video`` through the daemon pipeline (``edgecam replay``); the final stats.
+
+    ``progress``: show a bar with an ETA on stderr when it is a terminal, a stats line every 10 s otherwise.
+    """
     cfg = cfg.model_copy(update={"camera": cfg.camera.model_copy(
         update={"source": ReplaySourceConfig.model_construct(path=video, speed=speed)})})
-    return run_app(App(cfg, source=make_source(cfg.camera.source), events_path=events_path, stdout=stdout,
-                       show=show))
+    source = make_source(cfg.camera.source)
+    bar = _ReplayProgress(source, video) if progress else None
+    return run_app(App(cfg, source=source, events_path=events_path, stdout=stdout, show=show, progress=bar))
+
+
+class _ReplayProgress:
+    """A ``Progress`` created once the source is open (its frame count is known then)."""
+
+    def __init__(self, source: Source, video: Path) -> None:
+        self.source, self.video = source, video
+        self.bar: Any = None
+
+    def frame(self, frame: Frame, pipeline: Pipeline) -> None:
+        if self.bar is None:
+            from edgecam.progress import Progress
+
+            self.bar = Progress(self.video.name, int(getattr(self.source, "frames_total", 0)))
+        self.bar.frame(frame, pipeline)
+
+    def close(self, pipeline: Pipeline | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close(pipeline)
 
 
 def run_daemon(cfg: Config, events_path: Path | None = None) -> int:

@@ -139,14 +139,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         show = Show(Path(args.video), Path(args.annotate) if args.annotate else None,
                     Path(args.report) if args.report else None)
-    stats = replay(cfg, Path(args.video), speed=args.speed, events_path=events, show=show)
+    stats = replay(cfg, Path(args.video), speed=args.speed, events_path=events, show=show,
+                   progress=not args.no_progress)
     if show is not None:
         show.finish(stats)
     logger.info("replay done: %d frames at %.1f frames/s, %d skipped by motion, %d detector runs, %d faces, "
-                "%d events", stats["frames"], stats["fps"], stats["frames_skipped_motion"], stats["detector_runs"],
-                stats["faces"], stats["events"])
+                "%d tracks, %d events", stats["frames"], stats["fps"], stats["frames_skipped_motion"],
+                stats["detector_runs"], stats["faces"], stats["tracks"], stats["events"])
     logger.debug("replay stats: %s", json.dumps(stats))
-    return 0
+    return _undelivered(cfg, stats)
+
+
+def _undelivered(cfg: Any, stats: dict[str, Any]) -> int:
+    """1 with one line on stderr when events are left in the outbox (broker unreachable), else 0."""
+    queued = int(stats.get("queue_depth") or 0)
+    if cfg.mqtt is None or not queued:
+        return 0
+    why = stats.get("broker_error") or (f"broker {cfg.mqtt.broker_label()} "
+                                        + ("not reached" if not stats.get("broker_ever_connected") else
+                                           f"did not acknowledge them within {cfg.mqtt.flush_timeout_s} s"))
+    print(f"edgecam replay: {queued} events not delivered ({why}); they stay queued in "
+          f"{cfg.state_dir / 'outbox.sqlite3'} for the next run with this state_dir", file=sys.stderr)
+    return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -255,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "track ids drawn (.mp4 or .avi; default: none)")
     p.add_argument("--report", metavar="OUT.html", help="write a one-page HTML report: event timeline, best crop "
                    "of each track (in OUT_files/), stats (default: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal, no progress lines "
+                   "in a log (default: a bar with ETA on a terminal, a stats line every 10 s otherwise)")
     _add_runtime_options(p, config_required=False)
     p.set_defaults(func=cmd_replay)
 

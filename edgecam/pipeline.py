@@ -170,6 +170,8 @@ class Pipeline:
             "crops_recognized": c.crops_recognized,
             "recognizer_pixel_fraction": round(c.recognizer_pixels / c.frame_pixels, 6) if c.frame_pixels else 0.0,
             "events": c.events, "errors": c.errors, "tracks_in_view": len(self.tracker.in_view()),
+            "tracks": self.tracker.confirmed_total, "tracks_unconfirmed": self.tracker.opened_total
+            - self.tracker.confirmed_total,
             "stage_ms": self.timer.ms_per_call(), "stage_ms_per_frame": self.timer.ms_per_frame(c.frames),
             "ms_per_face": {"crops": _per(self.timer.seconds["crops"], c.faces),
                             "recognize": _per(self.timer.seconds["recognize"], c.crops_recognized)},

@@ -80,6 +80,8 @@ class Publisher:
         self._last_error: str | None = None
         self._paho_error: str | None = None
         self._refused = False
+        self._ever_connected = False
+        self._queued_at_stop = 0
         self._drops_logged_at = 0.0
         self._drops_unlogged = 0
         self._state = "new"  # new -> started -> stopped
@@ -131,7 +133,7 @@ class Publisher:
         self._client.disconnect()
         self._client.loop_stop()
         self._sender.handle_acks()
-        queued = self._sender.outbox.count()
+        queued = self._queued_at_stop = self._sender.outbox.count()
         self._sender.outbox.close()
         lat = self.status()["latency_ms"]
         logger.info(
@@ -318,9 +320,12 @@ class Publisher:
         sender = self._sender
         if sender is not None and self._state == "started":
             queued, dropped = sender.outbox.count(), sender.outbox.dropped()
+        elif self._state == "stopped":
+            queued = self._queued_at_stop  # left on disk for the next start
         lat = np.array(sender.latencies if sender else [], dtype=np.float64) * 1000.0
         return {
             "connected": self._is_connected(),
+            "ever_connected": self._ever_connected,
             "broker": self.cfg.broker_label(),
             "queued": queued,
             "inflight": sender.inflight if sender else 0,
@@ -346,6 +351,7 @@ class Publisher:
             return
         assert self._sender is not None
         self._last_error = self._paho_error = None
+        self._ever_connected = True
         _set_nodelay(client)
         logger.info("MQTT: connected to %s", self.cfg.broker_label())
         client.publish(self.topics.availability, b"online", qos=1, retain=True)

@@ -208,6 +208,8 @@ class LiveSource(Source):
         self._closed = threading.Event()
         self._index = 0
         self._last_frame_at = 0.0
+        self._failures = 0  # consecutive failed opens / reads / stalls since the last frame: the backoff step
+        self._backoff_until = 0.0  # monotonic time the reader waits for before its next open (no stall till then)
         self._thread: threading.Thread | None = None
 
     @abstractmethod
@@ -231,21 +233,30 @@ class LiveSource(Source):
         return gen == self._generation and not self._closed.is_set()
 
     def _reader(self, gen: int) -> None:
-        failures = 0
+        """Open, read until failure, close, back off; the failure count lives on the source, so the backoff keeps
+        growing across stall restarts (a camera that is away) and restarts only once a frame arrives."""
         while self._current(gen):
-            backend = self._try_open(gen, failures)
+            backend = self._try_open(gen)
             if backend is None:
-                failures += 1
+                if self._current(gen):
+                    self._failed()
                 continue
-            failures = self._read_until_failure(gen, backend)
+            failed = self._read_until_failure(gen, backend)
             _close_quietly(backend)
             if self._current(gen):
+                if failed:
+                    self._failed()
                 self.stats.reopens += 1
 
-    def _try_open(self, gen: int, failures: int) -> Backend | None:
-        if failures:
-            delay = self.backoff.delay(failures)
-            logger.warning("%s: reopening in %.1f s (attempt %d)", self.description, delay, failures + 1)
+    def _failed(self) -> None:
+        """One more failure: the next open waits ``backoff.delay(failures)`` (no stall is declared meanwhile)."""
+        self._failures += 1
+        self._backoff_until = time.monotonic() + self.backoff.delay(self._failures)
+
+    def _try_open(self, gen: int) -> Backend | None:
+        delay = self._backoff_until - time.monotonic()
+        if self._failures and delay > 0:
+            logger.warning("%s: reopening in %.1f s (attempt %d)", self.description, delay, self._failures + 1)
             if self._closed.wait(delay) or not self._current(gen):
                 return None
         try:
@@ -285,6 +296,7 @@ class LiveSource(Source):
                 return
             if self._latest is not None:
                 self.stats.dropped += 1
+            self._failures = 0
             self._latest = (time.time(), bgr)
             self._cond.notify()
 
@@ -296,8 +308,8 @@ class LiveSource(Source):
             item, self._latest = self._latest, None
         now = time.monotonic()
         if item is None:
-            if now - self._last_frame_at > self.stall_timeout_s:
-                self._on_stall(now)
+            if now - self._last_frame_at > self.stall_timeout_s and now >= self._backoff_until:
+                self._on_stall(now)  # not while the reader waits to reopen a camera that is away
             return None
         self._last_frame_at = now
         frame = Frame(self._index, item[0], item[1])
@@ -309,6 +321,7 @@ class LiveSource(Source):
         self.stats.stalls += 1
         logger.warning("%s: no frame for %.1f s, reopening", self.description, now - self._last_frame_at)
         self._last_frame_at = now
+        self._failed()
         self._start_reader()
 
     def close(self) -> None:
@@ -475,6 +488,13 @@ class ReplaySource(Source):
     @property
     def description(self) -> str:
         return f"replay:{self.path}"
+
+    @property
+    def frames_total(self) -> int:
+        """Frames this replay will deliver as far as the file's header tells (0: unknown; after ``open()``)."""
+        if self.max_frames:
+            return min(self.max_frames, self._announced) if self._announced else self.max_frames
+        return self._announced
 
     def open(self) -> None:
         """Open the file; SourceError when it is missing or not a video OpenCV can read."""

@@ -183,6 +183,7 @@ class Tracker:
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.tracks: list[Track] = []
         self._next = 0
+        self.confirmed_total = 0  # tracks that became events (``new``) so far
 
     # ------------------------------------------------------------------------------------------ step 1
 
@@ -253,6 +254,7 @@ class Tracker:
             if t.hits < self.cfg.min_hits or t.confident_hits < self.cfg.confirm_hits:
                 return []
             t.confirmed = True
+            self.confirmed_total += 1
             return [self._event("new", t, frame)]
         if t.identity[:2] != previous[:2]:
             return [self._event("update", t, frame)]
@@ -303,6 +305,11 @@ class Tracker:
         t.seq += 1
         t.last_event_ts, t.best_changed = frame.timestamp, False
         return Event(event, image)
+
+    @property
+    def opened_total(self) -> int:
+        """Tracks opened so far, tentative ones included."""
+        return self._next
 
     def in_view(self) -> list[Track]:
         """Confirmed tracks currently followed."""

@@ -136,3 +136,78 @@ def test_replay_stops_when_stdout_is_closed() -> None:
     proc.stdout.close()  # like `| head -1`
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and b"Traceback" not in err and b"Exception ignored" not in err
+
+
+# ---------------------------------------------------------------------------------------------- issue 12
+
+
+@needs_detector
+def test_progress_bar_with_eta_on_a_terminal() -> None:
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgecam", "replay", str(CLIP), "--events", os.devnull],
+                              stdout=subprocess.DEVNULL, stderr=slave, timeout=120, cwd=REPO)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child side is closed and everything was read
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    bar = [line for line in text.replace("\r", "\n").splitlines() if "ETA" in line]
+    assert bar and "[" in bar[0] and "%" in bar[0]
+    assert "76/76 frames" in bar[-1] and "100%" in bar[-1] and " tracks " in bar[-1]
+
+
+def test_progress_plain_lines_when_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from edgecam.progress import Progress, eta_text
+
+    pipeline = SimpleNamespace(tracker=SimpleNamespace(confirmed_total=2), counts=SimpleNamespace(events=5))
+    stream = io.StringIO()
+    caplog.set_level("INFO", logger="edgecam.progress")
+    p = Progress("clip.mp4", total=100, stream=stream, interval_s=0.0)
+    assert not p.tty
+    for i in range(50):
+        p.frame(SimpleNamespace(index=i), pipeline)
+    p.close(pipeline)
+    assert stream.getvalue() == ""  # no bar drawn into a log
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 50 and "50/100 frames" in lines[-1] and "50%" in lines[-1] and "2 tracks  5 events" in lines[-1]
+    assert eta_text(62) == "1:02" and eta_text(3723) == "1:02:03" and eta_text(None) == "?"
+    tty = io.StringIO()
+    bar = Progress("clip.mp4", total=0, stream=tty, tty=True)
+    bar.frame(SimpleNamespace(index=9), pipeline)
+    bar.close(pipeline)
+    assert tty.getvalue().startswith("\rclip.mp4  10 frames") and tty.getvalue().endswith("\n")  # no total: no bar
+
+
+@needs_detector
+def test_replay_to_an_unreachable_broker_says_so_and_exits_1(tmp_path: Path) -> None:
+    import sqlite3
+
+    from conftest import free_port
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\nmqtt:\n  host: 127.0.0.1\n  reconnect_max_s: 1\n")
+    r = edgecam("replay", str(CLIP), "--config", str(cfg), "--mqtt", f"mqtt://127.0.0.1:{free_port()}")
+    assert r.returncode == 1, r.stderr
+    [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("edgecam replay:")]
+    assert "events not delivered" in line and "stay queued in" in line and "outbox.sqlite3" in line
+    queued = int(line.split("edgecam replay: ")[1].split()[0])
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite3") as db:
+        [(rows,)] = db.execute("select count(*) from outbox").fetchall()
+    assert queued > 0 and rows == queued
+    assert "Traceback" not in r.stderr

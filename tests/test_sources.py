@@ -3,6 +3,8 @@ bad frames, and picamera2 against a fake module that follows its documented API.
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 import threading
 import time
@@ -13,6 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+
+from conftest import wait_until
 
 from edgecam.config import OpenCVSourceConfig, PiCamera2SourceConfig
 from edgecam.sources import (
@@ -210,6 +214,30 @@ def test_live_reopens_after_errors_and_ends_with_backoff() -> None:
     assert len(frames) >= 4 and [f.index for f in frames] == list(range(len(frames)))
     assert src.opened >= 4 and src.stats.errors >= 3 and src.stats.reopens >= 2
     assert "open failed" in src.stats.last_error or src.stats.last_error
+
+
+def test_backoff_keeps_growing_while_the_camera_is_away(caplog: pytest.LogCaptureFixture) -> None:
+    """A USB camera that is not there: stalls do not restart the backoff at attempt 2; a frame resets it."""
+    frame = np.zeros((8, 8, 3), np.uint8)
+    src = FakeLive([OSError("no such device")] * 8 + [[frame] * 3 + [RuntimeError("unplugged")]],
+                   stall_timeout_s=0.05)
+    src.backoff = Backoff(0.01, 10.0)
+    caplog.set_level(logging.WARNING, logger="edgecam.sources")
+
+    def attempts() -> list[int]:
+        return [int(m) for m in re.findall(r"\(attempt (\d+)\)", caplog.text)]
+
+    src.open()
+    try:
+        frames = collect(src, 3, timeout=10.0)
+        assert wait_until(lambda: len(attempts()) >= 9, 5)
+    finally:
+        src.close()
+    delays = [float(m) for m in re.findall(r"reopening in ([0-9.]+) s", caplog.text)]
+    assert len(frames) == 3
+    assert attempts()[:8] == list(range(2, 10))  # 8 failed opens: attempts 2..9, never back to 2 on a stall
+    assert delays[7] >= 1.0 and src.stats.stalls == 0  # 0.01 s doubled 7 times; no stall while waiting to reopen
+    assert attempts()[8] == 2  # frames flowed, then the camera failed: the backoff starts over
 
 
 def test_live_skips_and_counts_bad_frames() -> None:
