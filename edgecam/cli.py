@@ -1,4 +1,4 @@
-"""The ``edgecam`` command line: detect, enroll, identify, replay, run, check-config, bench, models verify.
+"""The ``edgecam`` command line: detect, enroll, identify, gallery, replay, run, check-config, bench, models verify.
 
 Exit codes: 0 ok, 2 bad usage / config / input (one line per problem on stderr, naming the thing that is wrong),
 1 anything else. Commands import their stage modules lazily so ``edgecam --help`` stays fast.
@@ -26,21 +26,16 @@ DEFAULT_CLIP = Path(__file__).parent / "data" / "corridor.mp4"
 # ---------------------------------------------------------------------------------------------- commands
 
 
-def _read_image(path: str) -> Any:
-    """A BGR image from ``path``; EdgecamError naming the file when it is missing or not an image."""
-    from edgecam.sources import read_image
-
-    return read_image(Path(path))
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
-    """Run the face detector on images and print one result per image."""
-    images = [(p, _read_image(p)) for p in args.images]
+    """Run the face detector on images and print one result per image; exit 2 when one could not be read."""
     from edgecam.detect import FaceDetector
+    from edgecam.stills import Batch
 
-    det = FaceDetector(args.model, score_threshold=args.threshold, threads=args.threads)
+    batch = Batch(args.images, "detect", args.draw)
+    det = None  # loaded with the first image that can be read
     try:
-        for path, bgr in images:
+        for path, bgr in batch:
+            det = det or FaceDetector(args.model, score_threshold=args.threshold, threads=args.threads)
             boxes, landmarks = det(bgr)
             faces = [
                 {"box": [round(float(v), 1) for v in b[:4]], "score": round(float(b[4]), 4),
@@ -48,25 +43,28 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 for b, lm in zip(boxes, landmarks, strict=True)
             ]
             _emit(args.json, {"image": path, "faces": faces}, _faces_text)
+            batch.save_drawing(path, bgr, faces)
     finally:
-        det.close()
-    return 0
+        if det is not None:
+            det.close()
+    return batch.finish()
 
 
 def _make_recognizer(args: argparse.Namespace, gallery: Path | None) -> Any:
     from edgecam.recognize import make_recognizer
 
-    return make_recognizer(args.recognizer_type, args.recognizer, gallery=gallery, threads=args.threads)
+    return make_recognizer(args.recognizer_type, args.recognizer, gallery=gallery, threads=args.threads,
+                           threshold=getattr(args, "threshold", None))
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    """Enroll ``DIR/<person>/*.jpg`` into a gallery file; exit 2 when nothing could be enrolled."""
+    """Enroll ``DIR/<person>/<photo>`` into a gallery file; exit 2 when nothing could be enrolled."""
     from edgecam.detect import FaceDetector
     from edgecam.recognize import enroll_folder
 
     folder = Path(args.folder)
     if not folder.is_dir():
-        raise EdgecamError(f"{folder}: not a folder (want DIR/<person>/*.jpg)")
+        raise EdgecamError(f"{folder}: not a folder (want DIR/<person>/<photo>)")
     det = FaceDetector(args.detector, threads=args.threads)
     rec = _make_recognizer(args, None)
     try:
@@ -74,13 +72,18 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     finally:
         rec.close()
         det.close()
-    for path, ok, reason in results:
-        print(f"{'ok  ' if ok else 'skip'} {path}{'' if ok else ': ' + reason}")
-    enrolled = sum(ok for _, ok, _ in results)
+    for r in results:
+        print(f"{'ok  ' if r.ok else 'skip'} {r.path}{': ' + r.reason if r.reason else ''}")
+    for r in results:
+        if r.warning:
+            print(f"warn {r.path}: {r.warning}")
+    enrolled = sum(r.ok for r in results)
     if not enrolled:
-        raise EdgecamError(f"{folder}: none of its {len(results)} images could be enrolled "
+        raise EdgecamError(f"{folder}: none of its {len(results)} files could be enrolled "
                            f"({args.gallery} not written)")
-    print(f"enrolled {enrolled} of {len(results)} images into {args.gallery}")
+    flagged = sum(bool(r.warning) for r in results)
+    print(f"enrolled {enrolled} of {len(results)} files into {args.gallery}"
+          f"{f'; {flagged} flagged as possibly someone else (warn lines above)' if flagged else ''}")
     return 0
 
 
@@ -91,26 +94,77 @@ def cmd_identify(args: argparse.Namespace) -> int:
         raise EdgecamError("--gallery is required with --recognizer-type identity")
     if gallery is not None and not gallery.exists():
         raise EdgecamError(f"{gallery}: gallery not found (create it with 'edgecam enroll')")
-    images = [(p, _read_image(p)) for p in args.images]
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise EdgecamError(f"--threshold {args.threshold}: want a value between 0 and 1 (exclusive)")
     from edgecam.detect import FaceDetector
     from edgecam.recognize import identify_image
+    from edgecam.stills import Batch
 
-    det = FaceDetector(args.detector, threads=args.threads)
-    rec = _make_recognizer(args, gallery)
+    batch = Batch(args.images, "identify", args.draw)
+    det = rec = None  # loaded with the first image that can be read
     try:
-        for path, bgr in images:
-            _emit(args.json, {"image": path, "faces": identify_image(det, rec, bgr)}, _faces_text)
+        for path, bgr in batch:
+            det = det or FaceDetector(args.detector, threads=args.threads)
+            rec = rec or _make_recognizer(args, gallery)
+            faces = identify_image(det, rec, bgr)
+            _emit(args.json, {"image": path, "faces": faces}, _faces_text)
+            batch.save_drawing(path, bgr, faces)
     finally:
-        rec.close()
-        det.close()
+        for model in (rec, det):
+            if model is not None:
+                model.close()
+    return batch.finish()
+
+
+def cmd_gallery_list(args: argparse.Namespace) -> int:
+    """Print the people of a gallery with how many photos each was enrolled with."""
+    from edgecam.recognize import Gallery
+
+    counts = Gallery.read(Path(args.gallery)).counts()
+    if args.json:
+        print(json.dumps({"gallery": args.gallery, "people": [{"name": n, "photos": c} for n, c in counts.items()]}))
+        return 0
+    for name, n in counts.items():
+        print(f"{name}\t{n} photo{'s' if n != 1 else ''}")
+    print(f"{len(counts)} {'person' if len(counts) == 1 else 'people'} in {args.gallery}")
+    return 0
+
+
+def cmd_gallery_remove(args: argparse.Namespace) -> int:
+    """Remove people from a gallery (all named people must be enrolled; nothing changes otherwise)."""
+    from edgecam.recognize import Gallery
+
+    gallery = Gallery.read(Path(args.gallery))
+    for name in args.names:
+        gallery.require(name, args.gallery)
+    for name in dict.fromkeys(args.names):
+        print(f"removed {name} ({gallery.remove(name)} photos)")
+    gallery.save(Path(args.gallery))
+    return 0
+
+
+def cmd_gallery_rename(args: argparse.Namespace) -> int:
+    """Rename a person of a gallery."""
+    from edgecam.recognize import Gallery
+
+    gallery = Gallery.read(Path(args.gallery))
+    n = gallery.rename(args.old, args.new, args.gallery)
+    gallery.save(Path(args.gallery))
+    print(f"renamed {args.old} to {args.new} ({n} photos)")
     return 0
 
 
 def _faces_text(result: dict[str, Any]) -> str:
+    from edgecam.stills import face_label
+
     lines = [f"{result['image']}: {len(result['faces'])} face(s)"]
     for f in result["faces"]:
-        who = f" {f['name']}" if "name" in f else ""
-        lines.append(f"  box={f['box']} score={f['score']:.3f}{who}")
+        marks = " ".join(f"({x:.0f},{y:.0f})" for x, y in f.get("landmarks", []))
+        who = ""
+        if "name" in f:
+            who = f" {f['name']}" + (f" (candidate {face_label(f)})" if f.get("status") == "uncertain"
+                                     else f" similarity={f['similarity']:.3f}")
+        lines.append(f"  box={f['box']} score={f['score']:.3f}{who} landmarks={marks}")
     return "\n".join(lines)
 
 
@@ -246,9 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="face_detector", help="detector model name or folder (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=0.5, help="score threshold (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="inference threads (default: %(default)s)")
+    p.add_argument("--draw", metavar="DIR", help="also save each image with its boxes and landmarks drawn as "
+                   "DIR/<name>.jpg (default: none)")
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("enroll", help="enroll DIR/<person>/*.jpg into a gallery")
+    p = sub.add_parser("enroll", help="enroll DIR/<person>/<photo> into a gallery (any image format OpenCV reads)")
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--gallery", required=True, help="gallery file to write")
     _add_model_options(p, recognizer=True)
@@ -258,8 +314,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--gallery", help="gallery file written by 'edgecam enroll' (required for the identity kind)")
     p.add_argument("--json", action="store_true", help="one JSON line per image (default: text)")
+    p.add_argument("--threshold", type=float, metavar="SIM", help="similarity a face needs to be named, in (0, 1): "
+                   "higher is stricter; the uncertain band moves with it (classifier kind: class probability; "
+                   "default: the model's calibrated thresholds.known)")
+    p.add_argument("--draw", metavar="DIR", help="also save each image with boxes, landmarks and names drawn as "
+                   "DIR/<name>.jpg (default: none)")
     _add_model_options(p, recognizer=True)
     p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("gallery", help="see or change a gallery: list, remove, rename people")
+    gsub = p.add_subparsers(dest="gallery_command", required=True, metavar="ACTION")
+    g = gsub.add_parser("list", help="the people enrolled, with their number of photos")
+    g.add_argument("--gallery", required=True, help="gallery file written by 'edgecam enroll'")
+    g.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
+    g.set_defaults(func=cmd_gallery_list)
+    g = gsub.add_parser("remove", help="remove people")
+    g.add_argument("names", nargs="+", metavar="NAME")
+    g.add_argument("--gallery", required=True, help="gallery file written by 'edgecam enroll'")
+    g.set_defaults(func=cmd_gallery_remove)
+    g = gsub.add_parser("rename", help="rename a person")
+    g.add_argument("old", metavar="OLD")
+    g.add_argument("new", metavar="NEW")
+    g.add_argument("--gallery", required=True, help="gallery file written by 'edgecam enroll'")
+    g.set_defaults(func=cmd_gallery_rename)
 
     p = sub.add_parser("replay", help="replay a video file through the whole pipeline")
     p.add_argument("video", metavar="VIDEO")

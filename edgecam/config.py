@@ -204,6 +204,10 @@ class RecognizerConfig(Section):
                                                                   "nobody enrolled, every face unknown)")
     threads: int = Field(default=1, ge=0, le=64, description="inference threads (0: onnxruntime decides)")
     max_votes: int = Field(default=10, ge=1, le=10000, description="stop recognizing a track after this many votes")
+    threshold: float | None = Field(default=None, gt=0, lt=1,
+                                    description="matching strictness: the similarity a face needs to be named "
+                                    "(higher is stricter; the uncertain band moves with it; classifier: class "
+                                    "probability; default: the model's calibrated thresholds.known)")
 
     @model_validator(mode="after")
     def _gallery_only_for_identity(self) -> RecognizerConfig:

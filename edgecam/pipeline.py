@@ -199,7 +199,8 @@ def load_recognizer(cfg: Config) -> Recognizer | None:
     from edgecam.recognize import make_recognizer
 
     r = cfg.recognizer
-    return make_recognizer(r.type, r.model, gallery=r.gallery, threads=r.threads)  # type: ignore[no-any-return]
+    return make_recognizer(r.type, r.model, gallery=r.gallery, threads=r.threads,  # type: ignore[no-any-return]
+                           threshold=r.threshold)
 
 
 def enrolled_people(recognizer: Recognizer | None) -> list[str]:

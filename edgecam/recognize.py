@@ -3,22 +3,29 @@
 Two kinds, picked by the ``type`` key of the config (``make_recognizer``):
 
 - ``identity``: an embedding model (``output.type == "embedding"`` in its ``model.json``) and a gallery of
-  enrolled people. A crop's score for a person is the best cosine similarity over that person's gallery
-  embeddings; the best person is ``known`` at or above the manifest's ``thresholds.known``, ``unknown``
-  below ``thresholds.unknown`` and ``uncertain`` between (the name then is the best candidate; the tracker
-  votes over frames). Thresholds are calibrated on dev people who are not in the training or test data.
+  enrolled people. A crop's score (its similarity) for a person is the best cosine similarity over that
+  person's gallery embeddings; the best person is ``known`` at or above the manifest's ``thresholds.known``,
+  ``unknown`` below ``thresholds.unknown`` and ``uncertain`` between (the name then is the best candidate; the
+  tracker votes over frames). Thresholds are calibrated on dev people who are not in the training or test
+  data; a ``threshold`` given to the recognizer (config ``recognizer.threshold``, ``identify --threshold``)
+  replaces ``known`` and moves ``unknown`` with it (the uncertain band keeps its width).
 - ``classifier``: a closed-set ONNX crop classifier with a ``labels`` list; ``known:<label>`` when the
-  softmax probability reaches ``output.threshold``, else ``unknown``.
+  softmax probability (its score) reaches ``output.threshold`` (or the given ``threshold``), else ``unknown``.
 
 The gallery is one ``.npz`` file (names, embeddings, the sha256 of the model that made them): several
 embeddings per person, people added or removed without retraining, written atomically (temporary file +
 rename), refused when made by another model.
+
+Enrollment (``enroll_folder``) reads every file of ``DIR/<person>/`` that OpenCV can decode, takes the main face
+of each photo (the largest, most central one; a photo with two faces of similar size is refused), and flags a
+photo whose embedding disagrees with the person's other photos (a mislabelled photo).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -31,14 +38,17 @@ import numpy as np
 from edgecam import EdgecamError
 from edgecam.crops import QualityGate, align
 from edgecam.manifest import Manifest, ModelError, load_manifest, session, to_tensor
+from edgecam.topics import RESERVED_PERSON_NAMES
 
 logger = logging.getLogger(__name__)
 
 Status = Literal["known", "unknown", "uncertain"]
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".pgm")
 ENROLL_MIN_FACE_PX = 40.0  # enrollment wants a face box at least this many pixels on its short side
 ENROLL_MIN_SHARPNESS = 30.0  # ... an aligned crop at least this sharp (variance of the Laplacian)
 ENROLL_MAX_YAW = 0.3  # ... and a roughly frontal face
+ENROLL_SIMILAR_FACES = 0.8  # a second face this prominent (side x centrality) next to the main one: ambiguous
+MAX_NAME_CHARS = 64
+_NAME_BAD = re.compile(r"[/#+\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,23 @@ class Identity:
 
 
 class GalleryError(EdgecamError):
-    """A gallery file that cannot be used (unreadable, or made by another model)."""
+    """A gallery file that cannot be used (unreadable, or made by another model), or a bad person name."""
+
+
+def check_person_name(name: str) -> str:
+    """``name`` when it can be a person (it becomes an MQTT topic level and a Home Assistant entity).
+
+    Raises:
+        GalleryError: Empty, longer than 64 characters, with ``/ # +`` or a control character, or one of
+            edgecam's own topic names.
+    """
+    if not name or len(name) > MAX_NAME_CHARS:
+        raise GalleryError(f"person name '{name}' is empty or longer than {MAX_NAME_CHARS} characters")
+    if _NAME_BAD.search(name):
+        raise GalleryError(f"person name {name!r} contains '/', '#', '+' or a control character")
+    if name in RESERVED_PERSON_NAMES:
+        raise GalleryError(f"person name '{name}' is reserved ({', '.join(sorted(RESERVED_PERSON_NAMES))})")
+    return name
 
 
 # ------------------------------------------------------------------------------------------------ gallery
@@ -71,10 +97,19 @@ class Gallery:
         """Enrolled names, sorted."""
         return sorted(set(self.row_names))
 
+    def counts(self) -> dict[str, int]:
+        """Embeddings (one per enrolled photo or frame) per person, by name."""
+        return {p: self.row_names.count(p) for p in self.people}
+
+    def require(self, name: str, path: Path | str = "gallery") -> None:
+        """GalleryError naming ``path`` and the people enrolled when ``name`` is not one of them."""
+        if name not in self.row_names:
+            enrolled = ", ".join(self.people) or "nobody"
+            raise GalleryError(f"{path}: no person '{name}' in the gallery (enrolled: {enrolled})")
+
     def add(self, name: str, embeddings: np.ndarray) -> None:
         """Add embeddings (K, D) for a person (appends to the ones they already have)."""
-        if not name or "/" in name:
-            raise GalleryError(f"person name '{name}' is empty or contains '/'")
+        check_person_name(name)
         e = l2_normalize(np.asarray(embeddings, np.float32).reshape(-1, self.dim))
         self.embeddings = np.concatenate([self.embeddings, e])
         self.row_names += [name] * len(e)
@@ -86,6 +121,16 @@ class Gallery:
         self.embeddings = self.embeddings[keep] if len(keep) else self.embeddings
         self.row_names = [n for n in self.row_names if n != name]
         return removed
+
+    def rename(self, old: str, new: str, path: Path | str = "gallery") -> int:
+        """Give ``old``'s embeddings to ``new`` (who must not be enrolled yet); returns how many moved."""
+        self.require(old, path)
+        check_person_name(new)
+        if new in self.row_names and new != old:
+            raise GalleryError(f"{path}: '{new}' is already enrolled (remove it first, or enroll the photos "
+                               "again under one name)")
+        self.row_names = [new if n == old else n for n in self.row_names]
+        return self.row_names.count(new)
 
     def match(self, emb: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Best person and score (max cosine over the person's rows) per unit embedding (M, D)."""
@@ -115,6 +160,17 @@ class Gallery:
     @staticmethod
     def load(path: Path, model_sha: str, dim: int) -> Gallery:
         """Read a gallery; refuse one made by another model."""
+        g = Gallery.read(path)
+        if g.model_sha != model_sha:
+            raise GalleryError(f"{path}: enrolled with another model (sha256 {g.model_sha[:12]}…, this one "
+                               f"{model_sha[:12]}…): enroll the people again")
+        if g.dim != dim:
+            raise GalleryError(f"{path}: embeddings {g.embeddings.shape} do not match {len(g.row_names)} names x {dim}")
+        return g
+
+    @staticmethod
+    def read(path: Path) -> Gallery:
+        """Read a gallery whatever model made it (to list, rename or remove people)."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 names = [str(n) for n in z["names"]]
@@ -124,12 +180,9 @@ class Gallery:
             raise GalleryError(f"{path}: gallery not found (create it with 'edgecam enroll')") from None
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise GalleryError(f"{path}: not a gallery file ({e})") from None
-        if sha != model_sha:
-            raise GalleryError(f"{path}: enrolled with another model (sha256 {sha[:12]}…, this one "
-                               f"{model_sha[:12]}…): enroll the people again")
-        if emb.shape != (len(names), dim):
-            raise GalleryError(f"{path}: embeddings {emb.shape} do not match {len(names)} names x {dim}")
-        return Gallery(model_sha, dim, names, emb)
+        if emb.ndim != 2 or len(emb) != len(names):
+            raise GalleryError(f"{path}: embeddings {emb.shape} do not match {len(names)} names")
+        return Gallery(sha, int(emb.shape[1]), names, emb)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -151,7 +204,8 @@ class Recognizer:
         if cls.kind:
             Recognizer.kinds[cls.kind] = cls
 
-    def __init__(self, model: str | Path, gallery: Path | None = None, threads: int = 1):
+    def __init__(self, model: str | Path, gallery: Path | None = None, threads: int = 1,
+                 threshold: float | None = None):
         self.manifest: Manifest = load_manifest(model)
         spec = self.manifest.input
         if not spec.get("size"):
@@ -198,7 +252,8 @@ class EmbeddingRecognizer(Recognizer):
 
     kind = "identity"
 
-    def __init__(self, model: str | Path, gallery: Path | None = None, threads: int = 1):
+    def __init__(self, model: str | Path, gallery: Path | None = None, threads: int = 1,
+                 threshold: float | None = None):
         super().__init__(model, gallery, threads)
         out = self.manifest.output
         if out.get("type") != "embedding":
@@ -214,6 +269,8 @@ class EmbeddingRecognizer(Recognizer):
         if self.t_unknown > self.t_known:
             raise ModelError(f"{self.manifest.folder}/model.json: thresholds.unknown {self.t_unknown} is above "
                              f"thresholds.known {self.t_known}")
+        if threshold is not None:  # stricter or looser matching: the uncertain band moves along
+            self.t_known, self.t_unknown = float(threshold), float(threshold) - (self.t_known - self.t_unknown)
         self.model_sha = str(self.manifest.data["sha256"])
         self.gallery = Gallery.load(gallery, self.model_sha, self.dim) if gallery else Gallery(self.model_sha, self.dim)
 
@@ -245,7 +302,8 @@ class ClassifierRecognizer(Recognizer):
 
     kind = "classifier"
 
-    def __init__(self, model: str | Path, gallery: Path | None = None, threads: int = 1):
+    def __init__(self, model: str | Path, gallery: Path | None = None, threads: int = 1,
+                 threshold: float | None = None):
         if gallery is not None:
             raise EdgecamError("a classifier recognizer takes no gallery")
         super().__init__(model, None, threads)
@@ -255,7 +313,7 @@ class ClassifierRecognizer(Recognizer):
                              "'classifier' and a labels list")
         self.labels = self.manifest.labels
         self._check_output_width(len(self.labels), "labels")
-        self.threshold = float(out.get("threshold", 0.5))
+        self.threshold = float(threshold if threshold is not None else out.get("threshold", 0.5))
         self.softmax = out.get("activation", "softmax") == "softmax"
 
     def __call__(self, crops: list[np.ndarray]) -> list[Identity]:
@@ -271,11 +329,15 @@ class ClassifierRecognizer(Recognizer):
                 else Identity("unknown", "unknown", float(p[i, k])) for i, k in enumerate(best)]
 
 
-def make_recognizer(kind: str, model: str | Path, gallery: Path | None = None, threads: int = 1) -> Recognizer:
-    """The recognizer of a kind (``identity`` | ``classifier``) for a model name or folder."""
+def make_recognizer(kind: str, model: str | Path, gallery: Path | None = None, threads: int = 1,
+                    threshold: float | None = None) -> Recognizer:
+    """The recognizer of a kind (``identity`` | ``classifier``) for a model name or folder; ``threshold``
+    overrides the model's (similarity to name someone, or class probability)."""
     if kind not in Recognizer.kinds:
         raise EdgecamError(f"recognizer type '{kind}' is not one of {', '.join(sorted(Recognizer.kinds))}")
-    return Recognizer.kinds[kind](model, Path(gallery) if gallery else None, threads)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise EdgecamError(f"threshold {threshold}: want a value between 0 and 1 (exclusive)")
+    return Recognizer.kinds[kind](model, Path(gallery) if gallery else None, threads, threshold)
 
 
 # -------------------------------------------------------------------------------------- enroll / identify
@@ -284,32 +346,70 @@ def make_recognizer(kind: str, model: str | Path, gallery: Path | None = None, t
 Detector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+@dataclass
+class EnrollResult:
+    """What enrollment made of one file of ``DIR/<person>/``."""
+
+    path: Path
+    ok: bool
+    reason: str = ""  # why the file was skipped; when ok, a note (the main face of several was taken)
+    person: str = ""
+    similarity: float | None = None  # best cosine similarity to the person's other photos (None: no other)
+    warning: str = ""  # set when the photo does not look like the person's other photos
+
+
+def main_face(boxes: np.ndarray, shape: tuple[int, ...]) -> tuple[int | None, str]:
+    """The index of the photo's main face among ``boxes`` (N, 5) x1,y1,x2,y2,score and a note, or None and why.
+
+    The main face is the most prominent: box side (square root of its area) x centrality (1 at the centre of
+    the photo, 0.5 in a corner). A second face at least ``ENROLL_SIMILAR_FACES`` as prominent makes the photo
+    ambiguous: two people of about the same size, and no telling which one is meant.
+    """
+    if len(boxes) == 1:
+        return 0, ""
+    h, w = shape[:2]
+    side = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+    off = np.hypot(((boxes[:, 0] + boxes[:, 2]) / 2 - w / 2) / (w / 2),
+                   ((boxes[:, 1] + boxes[:, 3]) / 2 - h / 2) / (h / 2)) / np.sqrt(2)  # 0 centre, 1 corner
+    prominence = side * (1 - 0.5 * np.clip(off, 0, 1))
+    order = np.argsort(-prominence, kind="stable")
+    main, runner_up = int(order[0]), int(order[1])
+    if prominence[runner_up] >= ENROLL_SIMILAR_FACES * prominence[main]:
+        return None, f"{len(boxes)} faces of similar size found (crop the photo to the one person)"
+    others = len(boxes) - 1
+    return main, (f"took the main face ({side[main]:.0f} px) of {len(boxes)} found; {others} smaller or "
+                  f"off-centre face{'s' if others > 1 else ''} ignored")
+
+
 def enroll_crop(detector: Detector, size: tuple[int, int], bgr: np.ndarray,
                 gate: QualityGate) -> tuple[np.ndarray | None, str]:
-    """The aligned crop of the one good face in an enrollment image, or None and why not."""
+    """The aligned crop of the main face of an enrollment image and a note (empty, or which face of several was
+    taken), or None and why not (no face, faces of similar size, too small, blurred, turned away)."""
     boxes, landmarks = detector(bgr)
     if len(boxes) == 0:
         return None, "no face found"
-    if len(boxes) > 1:
-        return None, f"{len(boxes)} faces found (want exactly one)"
-    crop = align(bgr, landmarks[0], size)
-    q = gate(crop, boxes[0], landmarks[0])
+    k, note = main_face(boxes, bgr.shape)
+    if k is None:
+        return None, note
+    crop = align(bgr, landmarks[k], size)
+    q = gate(crop, boxes[k], landmarks[k])
     if q.reason == "small":
         return None, f"face too small ({q.size:.0f} px, want at least {gate.min_size_px:.0f})"
     if q.reason == "blurred":
         return None, f"face too blurry (sharpness {q.sharpness:.0f}, want at least {gate.min_sharpness:.0f})"
     if q.reason == "turned":
         return None, f"face turned away (yaw {q.yaw:.2f}, want at most {gate.max_yaw:.2f})"
-    return crop, ""
+    return crop, note
 
 
 def enroll_folder(detector: Detector, recognizer: Recognizer, folder: Path, gallery_path: Path,
-                  gate: QualityGate | None = None) -> list[tuple[Path, bool, str]]:
-    """Enroll ``folder/<person>/*.jpg`` into the gallery file; one (path, ok, reason) per image.
+                  gate: QualityGate | None = None) -> list[EnrollResult]:
+    """Enroll ``folder/<person>/<photo>`` into the gallery file; one ``EnrollResult`` per file found.
 
-    A person enrolled again gets the new embeddings in place of the old ones. Images without exactly one
-    sharp, large, frontal face are skipped with a reason. The gallery is written once, atomically, at the
-    end: an error part-way leaves the previous file untouched.
+    Every file OpenCV can decode counts, whatever its extension; hidden files (``.DS_Store``) are ignored,
+    anything else that is not usable is skipped with the reason. A person enrolled again gets the new embeddings
+    in place of the old ones. Photos that do not look like the person's other photos get a ``warning``. The
+    gallery is written once, atomically, at the end: an error part-way leaves the previous file untouched.
     """
     if not isinstance(recognizer, EmbeddingRecognizer):
         raise EdgecamError(f"enrollment needs an identity (embedding) recognizer, not '{recognizer.kind}'")
@@ -317,46 +417,100 @@ def enroll_folder(detector: Detector, recognizer: Recognizer, folder: Path, gall
     gallery_path = Path(gallery_path)
     gallery = Gallery.load(gallery_path, recognizer.model_sha, recognizer.dim) if gallery_path.exists() \
         else Gallery(recognizer.model_sha, recognizer.dim)
-    people = sorted(d for d in Path(folder).iterdir() if d.is_dir())
+    entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+    people = [d for d in entries if d.is_dir()]
+    loose = [EnrollResult(p, False, "not in a person folder (want DIR/<person>/<photo>)") for p in entries
+             if not p.is_dir()]
     if not people:
-        raise EdgecamError(f"{folder}: no person folders (want {folder}/<person>/*.jpg)")
-    results: list[tuple[Path, bool, str]] = []
+        raise EdgecamError(f"{folder}: no person folders (want {folder}/<person>/<photo>"
+                           f"{f'; {len(loose)} files lie directly in it' if loose else ''})")
+    results: list[EnrollResult] = []
+    embedded: list[tuple[EnrollResult, np.ndarray]] = []
     for person in people:
-        crops = []
-        for path in sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_EXT):
-            bgr, reason = _read_image(path)
-            crop, reason = enroll_crop(detector, recognizer.input_size, bgr, gate) if bgr is not None \
-                else (None, reason)
-            results.append((path, crop is not None, reason))
-            if crop is not None:
-                crops.append(crop)
+        person_results, crops = _enroll_person_files(detector, recognizer, person, gate)
+        results += person_results
         if crops:
+            emb = recognizer.embed(crops)
+            embedded += zip([r for r in person_results if r.ok], emb, strict=True)
             gallery.remove(person.name)
-            gallery.add(person.name, recognizer.embed(crops))
+            gallery.add(person.name, emb)
             logger.info("enrolled %s with %s images", person.name, len(crops))
-    if any(ok for _, ok, _ in results):
+    _flag_mislabelled(embedded, gallery, recognizer.t_unknown)
+    if any(r.ok for r in results):
         gallery.save(gallery_path)
-    return results
+    return results + loose
+
+
+def _enroll_person_files(detector: Detector, recognizer: EmbeddingRecognizer, person: Path,
+                         gate: QualityGate) -> tuple[list[EnrollResult], list[np.ndarray]]:
+    """One result per file of a person folder, and the aligned crops of the usable ones (in order)."""
+    try:
+        check_person_name(person.name)
+        name_problem = ""
+    except GalleryError as e:
+        name_problem = str(e)
+    results, crops = [], []
+    for path in sorted(p for p in person.iterdir() if not p.name.startswith(".")):
+        if name_problem or path.is_dir():
+            why = name_problem or "a folder (photos go directly in DIR/<person>/)"
+            results.append(EnrollResult(path, False, why, person.name))
+            continue
+        bgr, why = _read_image(path)
+        crop, why = enroll_crop(detector, recognizer.input_size, bgr, gate) if bgr is not None else (None, why)
+        results.append(EnrollResult(path, crop is not None, why, person.name))
+        if crop is not None:
+            crops.append(crop)
+    return results, crops
+
+
+def _flag_mislabelled(embedded: list[tuple[EnrollResult, np.ndarray]], gallery: Gallery, threshold: float) -> None:
+    """Set ``similarity`` (best cosine to the same person's other photos) and, below ``threshold`` (the
+    recognizer's unknown threshold: the photo would not be matched to them), a ``warning``."""
+    for r, e in embedded:
+        others = [e2 for r2, e2 in embedded if r2.person == r.person and r2 is not r]
+        if not others:
+            continue
+        r.similarity = round(float(np.max(np.stack(others) @ e)), 4)
+        if r.similarity >= threshold:
+            continue
+        hint = ""
+        rows = [i for i, n in enumerate(gallery.row_names) if n != r.person]
+        if rows:
+            sims = gallery.embeddings[rows] @ e
+            best = int(np.argmax(sims))
+            if sims[best] >= threshold:
+                hint = f"; it looks like {gallery.row_names[rows[best]]} (similarity {sims[best]:.2f})"
+        r.warning = (f"does not look like {r.person}'s other {len(others)} photo{'s' if len(others) > 1 else ''} "
+                     f"(best similarity {r.similarity:.2f}, a match needs {threshold:.2f}){hint}: "
+                     "a photo of someone else?")
 
 
 def _read_image(path: Path) -> tuple[np.ndarray | None, str]:
     """An enrollment image as BGR, or None and why not (empty, not an image, zero-size, too large)."""
-    from edgecam.sources import SourceError, read_image
+    from edgecam.sources import SourceError
+    from edgecam.stills import read_still
 
     try:
-        return read_image(path), ""
+        return read_still(path), ""
     except SourceError as e:
         return None, str(e).removeprefix(f"{path}: ")
 
 
 def identify_image(detector: Detector, recognizer: Recognizer, bgr: np.ndarray) -> list[dict[str, Any]]:
-    """Detect, align and name every face: [{box, name, score, status}] (name ``unknown`` when nobody matches)."""
+    """Detect, align and name every face: [{box, score, landmarks, name, similarity, status, candidate}].
+
+    ``score`` is the detector's confidence (as in ``detect``), ``similarity`` the match score of the best
+    person (cosine similarity; a classifier's class probability), ``name`` is ``unknown`` when nobody matches
+    and ``uncertain`` between the thresholds, with the best ``candidate``.
+    """
     boxes, landmarks = detector(bgr)
     crops = [align(bgr, lm, recognizer.input_size) for lm in landmarks]
     ids = recognizer(crops) if crops else []
     out = []
-    for b, ident in zip(boxes, ids, strict=True):
+    for b, lm, ident in zip(boxes, landmarks, ids, strict=True):
         name = ident.name if ident.status == "known" else ident.status
-        out.append({"box": [round(float(v), 1) for v in b[:4]], "name": name, "score": round(ident.score, 4),
-                    "status": ident.status, **({"candidate": ident.name} if ident.status == "uncertain" else {})})
+        out.append({"box": [round(float(v), 1) for v in b[:4]], "name": name, "score": round(float(b[4]), 4),
+                    "similarity": round(ident.score, 4), "status": ident.status,
+                    **({"candidate": ident.name} if ident.status == "uncertain" else {}),
+                    "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in lm]})
     return out

@@ -117,6 +117,16 @@ def vote(votes: list[Vote]) -> tuple[str, str, float]:
     return winner, "known" if share >= 0.5 else "uncertain", round(share, 3)
 
 
+def vote_similarity(votes: list[Vote], identity: str) -> float | None:
+    """The match similarity behind a voted identity: the mean score of the votes that named it (``unknown``:
+    of the unknown votes, i.e. how close the face came to anyone enrolled); all votes when none did; None
+    without votes (no recognizer)."""
+    backing = [v.score for v in votes if (v.status == "known" and v.name == identity)
+               or (identity == "unknown" and v.status == "unknown")]
+    scores = backing or [v.score for v in votes]
+    return round(float(np.mean(scores)), 4) if scores else None
+
+
 @dataclass(frozen=True)
 class Event:
     """An event to publish: the JSON-ready ``payload`` and, when the best snapshot changed, its BGR ``image``."""
@@ -295,7 +305,7 @@ class Tracker:
             "type": kind, "id": t.id, "seq": t.seq, "camera": self.camera, "label": self.cfg.label,
             "identity": name, "status": status,
             "scores": {"detection": round(float(t.box[4]), 4), "detection_max": round(t.max_score, 4),
-                       "identity": confidence},
+                       "identity": confidence, "similarity": vote_similarity(t.votes, name)},
             "box": _box(t.box), "start": t.first_ts, "end": t.last_ts if kind == "end" else None,
             "timestamp": frame.timestamp, "frame": frame.index,
             "frames": {"first": t.first_frame, "last": t.last_frame, "hits": t.hits, "votes": len(t.votes)},

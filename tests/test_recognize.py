@@ -88,8 +88,9 @@ def test_gallery_add_remove_persist(tmp_path: Path) -> None:
 
 
 def test_gallery_rejects_bad_name() -> None:
-    with pytest.raises(GalleryError, match="contains '/'"):
-        Gallery("sha", 3).add("a/b", np.ones((1, 3)))
+    for bad in ("a/b", "x+", "", "events", "a" * 65):
+        with pytest.raises(GalleryError, match="person name"):
+            Gallery("sha", 3).add(bad, np.ones((1, 3)))
 
 
 def test_known_unknown_uncertain(embed_model: Path, tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def test_enroll_folder_reasons_and_atomic_write(embed_model: Path, tmp_path: Pat
     (folder / "bob" / "3.jpg").write_bytes(b"not an image")
     rec = make_recognizer("identity", embed_model)
     gallery = tmp_path / "gallery.npz"
-    results = {p.relative_to(folder).as_posix(): (ok, reason) for p, ok, reason in
+    results = {r.path.relative_to(folder).as_posix(): (r.ok, r.reason) for r in
                enroll_folder(FakeDetector(), rec, folder, gallery)}
     assert results["alice/1.png"] == (True, "")
     assert "too small" in results["alice/2.png"][1]
@@ -208,7 +209,9 @@ def test_identify_image(embed_model: Path, tmp_path: Path) -> None:
     img[60:180, 170:290] = COLORS["carol"]
     faces = identify_image(FakeDetector(), rec, img)
     assert [f["name"] for f in faces] == ["alice", "unknown"]
-    assert faces[0]["box"] == [20.0, 60.0, 140.0, 180.0] and faces[0]["score"] > 0.95
+    assert faces[0]["box"] == [20.0, 60.0, 140.0, 180.0] and faces[0]["similarity"] > 0.95
+    assert faces[0]["score"] == pytest.approx(0.9)  # the detector's confidence, as in 'detect'
+    assert len(faces[0]["landmarks"]) == 4
     assert identify_image(FakeDetector(), rec, np.full((240, 320, 3), 128, np.uint8)) == []
 
 

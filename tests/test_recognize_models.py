@@ -113,7 +113,7 @@ def test_identify_lfw_people_known_and_unknown(det: object, tmp_path: Path) -> N
             shutil.copy(p, tmp_path / "p" / name / p.name)
     rec = make_recognizer("identity", "face_recognizer")
     results = enroll_folder(det, rec, tmp_path / "p", tmp_path / "g.npz")  # type: ignore[arg-type]
-    assert sum(ok for _, ok, _ in results) >= 6
+    assert sum(r.ok for r in results) >= 6
     rec = make_recognizer("identity", "face_recognizer", gallery=tmp_path / "g.npz")
     named = {}
     for who, imgs in ((a, a_imgs[4:8]), (b, b_imgs[4:8]), (c, c_imgs[:4])):

@@ -163,12 +163,12 @@ def cases() -> list[Case]:
     for kind, why in [("empty", "empty file"), ("text", NOT_IMAGE), ("zero", NOT_IMAGE),
                       ("huge", "larger than 40 megapixels"), ("float32", NOT_IMAGE), ("truncated_header", NOT_IMAGE)]:
         out.append(Case("media", f"enroll-{kind}", (*ENROLL, f"{{root}}/people/{kind}"),
-                        ("none of its 1 images could be enrolled", "not written"), names=kind,
+                        ("none of its 1 files could be enrolled", "not written"), names=kind,
                         untouched=("{tmp}/gallery.npz",), stdout_has=(why,)))
     out += [
         Case("media", "enroll-no-person-folders", (*ENROLL, "{root}/people/no_person_folders"), ("no person folders",),
              untouched=("{tmp}/gallery.npz",)),
-        Case("media", "enroll-no-images", (*ENROLL, "{root}/people/no_images"), ("none of its 0 images",),
+        Case("media", "enroll-no-images", (*ENROLL, "{root}/people/no_images"), ("none of its 1 files",),
              untouched=("{tmp}/gallery.npz",)),
         Case("media", "enroll-dir-is-a-file", (*ENROLL, FACE), ("not a folder",), untouched=("{tmp}/gallery.npz",)),
         Case("media", "identify-missing-gallery", ("identify", "--gallery", "{tmp}/none.npz", *REC, FACE),
@@ -314,7 +314,7 @@ def test_enroll_skips_the_bad_image_and_enrolls_the_good_one(corpus: Path, cli: 
     r = cli(["enroll", "--gallery", str(gallery), "--recognizer", str(corpus / "models" / "rec_ok"),
              str(tmp_path / "people")])
     assert r.code == 0, r.err[-2000:]
-    assert "skip" in r.out and "broken.jpg: empty file" in r.out and "enrolled 1 of 2 images" in r.out
+    assert "skip" in r.out and "broken.jpg: empty file" in r.out and "enrolled 1 of 2 files" in r.out
     sha = str(load_manifest(corpus / "models" / "rec_ok").data["sha256"])
     assert Gallery.load(gallery, sha, 3).people == ["grace"]
 
@@ -323,7 +323,7 @@ PROCESS_CASES = [  # (argv, what the one stderr line says)
     (("detect", "{root}/media/text.jpg"), NOT_IMAGE),
     (("detect", "--model", "{root}/models/det_wrong_output", FACE), "want (N, 13, H, W)"),
     ((*IDENTIFY, "{root}/media/openexr.exr"), NOT_IMAGE),
-    ((*ENROLL, "{root}/people/huge"), "none of its 1 images could be enrolled"),
+    ((*ENROLL, "{root}/people/huge"), "none of its 1 files could be enrolled"),
     (("replay", "{root}/media/unknown_codec.avi"), "not a video OpenCV can read"),
     (("replay", "{root}/media/truncated.avi"), "truncated or corrupt"),
     (("check-config", "{root}/configs/invalid_yaml.yaml"), "invalid YAML"),
