@@ -68,7 +68,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     det = FaceDetector(args.detector, threads=args.threads)
     rec = _make_recognizer(args, None)
     try:
-        results = enroll_folder(det, rec, folder, Path(args.gallery))
+        results = enroll_folder(det, rec, folder, Path(args.gallery), keep_flagged=args.keep_flagged)
     finally:
         rec.close()
         det.close()
@@ -83,7 +83,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                            f"({args.gallery} not written)")
     flagged = sum(bool(r.warning) for r in results)
     print(f"enrolled {enrolled} of {len(results)} files into {args.gallery}"
-          f"{f'; {flagged} flagged as possibly someone else (warn lines above)' if flagged else ''}")
+          f"{f'; {flagged} flagged as possibly someone else (warn lines)' if flagged else ''}")
     return 0
 
 
@@ -307,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enroll", help="enroll DIR/<person>/<photo> into a gallery (any image format OpenCV reads)")
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--gallery", required=True, help="gallery file to write")
+    p.add_argument("--keep-flagged", action="store_true", help="also enroll photos that do not look like the "
+                   "person's other photos (default: left out when the others agree among themselves)")
     _add_model_options(p, recognizer=True)
     p.set_defaults(func=cmd_enroll)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import cv2
 import numpy as np
 
 from edgecam import EdgecamError
@@ -381,11 +382,30 @@ def main_face(boxes: np.ndarray, shape: tuple[int, ...]) -> tuple[int | None, st
                   f"off-centre face{'s' if others > 1 else ''} ignored")
 
 
+def detect_in_portrait(detector: Detector, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Faces of an enrollment photo: (N, 5) boxes and (N, 4, 2) landmarks in its pixels.
+
+    A close-up whose face fills the photo can be larger than the detector finds; when nothing is found, the
+    photo is tried again in the middle of a grey canvas three times its size (the face then fills a third).
+    """
+    boxes, landmarks = detector(bgr)
+    if len(boxes):
+        return boxes, landmarks
+    h, w = bgr.shape[:2]
+    canvas = cv2.copyMakeBorder(bgr, h, h, w, w, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    boxes, landmarks = detector(canvas)
+    boxes, landmarks = boxes.copy(), landmarks.copy()
+    boxes[:, [0, 2]] -= w
+    boxes[:, [1, 3]] -= h
+    landmarks -= np.array([w, h], np.float32)
+    return boxes, landmarks
+
+
 def enroll_crop(detector: Detector, size: tuple[int, int], bgr: np.ndarray,
                 gate: QualityGate) -> tuple[np.ndarray | None, str]:
     """The aligned crop of the main face of an enrollment image and a note (empty, or which face of several was
     taken), or None and why not (no face, faces of similar size, too small, blurred, turned away)."""
-    boxes, landmarks = detector(bgr)
+    boxes, landmarks = detect_in_portrait(detector, bgr)
     if len(boxes) == 0:
         return None, "no face found"
     k, note = main_face(boxes, bgr.shape)
@@ -403,13 +423,15 @@ def enroll_crop(detector: Detector, size: tuple[int, int], bgr: np.ndarray,
 
 
 def enroll_folder(detector: Detector, recognizer: Recognizer, folder: Path, gallery_path: Path,
-                  gate: QualityGate | None = None) -> list[EnrollResult]:
+                  gate: QualityGate | None = None, keep_flagged: bool = False) -> list[EnrollResult]:
     """Enroll ``folder/<person>/<photo>`` into the gallery file; one ``EnrollResult`` per file found.
 
     Every file OpenCV can decode counts, whatever its extension; hidden files (``.DS_Store``) are ignored,
     anything else that is not usable is skipped with the reason. A person enrolled again gets the new embeddings
-    in place of the old ones. Photos that do not look like the person's other photos get a ``warning``. The
-    gallery is written once, atomically, at the end: an error part-way leaves the previous file untouched.
+    in place of the old ones. A photo that does not look like any of the person's other photos (best similarity
+    below the recognizer's ``unknown`` threshold) gets a ``warning``; when the person's other photos agree among
+    themselves it is the odd one out and is left out (``keep_flagged``: enrolled all the same). The gallery is
+    written once, atomically, at the end: an error part-way leaves the previous file untouched.
     """
     if not isinstance(recognizer, EmbeddingRecognizer):
         raise EdgecamError(f"enrollment needs an identity (embedding) recognizer, not '{recognizer.kind}'")
@@ -425,17 +447,22 @@ def enroll_folder(detector: Detector, recognizer: Recognizer, folder: Path, gall
         raise EdgecamError(f"{folder}: no person folders (want {folder}/<person>/<photo>"
                            f"{f'; {len(loose)} files lie directly in it' if loose else ''})")
     results: list[EnrollResult] = []
-    embedded: list[tuple[EnrollResult, np.ndarray]] = []
+    flagged: list[tuple[EnrollResult, np.ndarray]] = []
     for person in people:
         person_results, crops = _enroll_person_files(detector, recognizer, person, gate)
         results += person_results
-        if crops:
-            emb = recognizer.embed(crops)
-            embedded += zip([r for r in person_results if r.ok], emb, strict=True)
+        if not crops:
+            continue
+        emb = recognizer.embed(crops)
+        used = [r for r in person_results if r.ok]
+        keep = _check_agreement(used, emb, recognizer.t_unknown, keep_flagged)
+        flagged += [(r, e) for r, e in zip(used, emb, strict=True) if r.warning]
+        if keep.any():
             gallery.remove(person.name)
-            gallery.add(person.name, emb)
-            logger.info("enrolled %s with %s images", person.name, len(crops))
-    _flag_mislabelled(embedded, gallery, recognizer.t_unknown)
+            gallery.add(person.name, emb[keep])
+            logger.info("enrolled %s with %s images", person.name, int(keep.sum()))
+    for r, e in flagged:
+        r.warning += _closest_other(gallery, e, r.person, recognizer.t_unknown)
     if any(r.ok for r in results):
         gallery.save(gallery_path)
     return results + loose
@@ -463,26 +490,46 @@ def _enroll_person_files(detector: Detector, recognizer: EmbeddingRecognizer, pe
     return results, crops
 
 
-def _flag_mislabelled(embedded: list[tuple[EnrollResult, np.ndarray]], gallery: Gallery, threshold: float) -> None:
-    """Set ``similarity`` (best cosine to the same person's other photos) and, below ``threshold`` (the
-    recognizer's unknown threshold: the photo would not be matched to them), a ``warning``."""
-    for r, e in embedded:
-        others = [e2 for r2, e2 in embedded if r2.person == r.person and r2 is not r]
-        if not others:
-            continue
-        r.similarity = round(float(np.max(np.stack(others) @ e)), 4)
-        if r.similarity >= threshold:
-            continue
-        hint = ""
-        rows = [i for i, n in enumerate(gallery.row_names) if n != r.person]
-        if rows:
-            sims = gallery.embeddings[rows] @ e
-            best = int(np.argmax(sims))
-            if sims[best] >= threshold:
-                hint = f"; it looks like {gallery.row_names[rows[best]]} (similarity {sims[best]:.2f})"
-        r.warning = (f"does not look like {r.person}'s other {len(others)} photo{'s' if len(others) > 1 else ''} "
-                     f"(best similarity {r.similarity:.2f}, a match needs {threshold:.2f}){hint}: "
-                     "a photo of someone else?")
+def _check_agreement(results: list[EnrollResult], emb: np.ndarray, threshold: float,
+                     keep_flagged: bool) -> np.ndarray:
+    """Which of a person's photos (``results``, embeddings (N, D)) to enroll: (N,) bool.
+
+    Sets each photo's ``similarity`` (best cosine to the person's other photos) and, below ``threshold`` (it
+    would not be matched to them), a ``warning``. Flagged photos are left out when at least one pair of the
+    person's photos agrees (they are the odd ones out), unless ``keep_flagged``; when no two photos agree there
+    is no telling which is right, and all stay, flagged.
+    """
+    keep = np.ones(len(emb), bool)
+    if len(emb) < 2:
+        return keep
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    best = sims.max(1)
+    agree = best >= threshold
+    others = len(emb) - 1
+    for r, sim, ok in zip(results, best, agree, strict=True):
+        r.similarity = round(float(sim), 4)
+        if not ok:
+            r.warning = (f"does not look like {r.person}'s other {others} photo{'s' if others > 1 else ''} "
+                         f"(best similarity {sim:.2f}, a match needs {threshold:.2f})")
+    if keep_flagged or not agree.any():
+        return keep
+    for r, ok in zip(results, agree, strict=True):
+        if not ok:
+            r.ok, r.reason = False, "looks like someone else: left out (see the warning; --keep-flagged enrolls it)"
+    return agree
+
+
+def _closest_other(gallery: Gallery, emb: np.ndarray, person: str, threshold: float) -> str:
+    """``; it looks like <name> (similarity S)`` for the enrolled person other than ``person`` whom a flagged
+    photo matches best, when it matches them; else empty."""
+    rows = [i for i, n in enumerate(gallery.row_names) if n != person]
+    if not rows:
+        return ""
+    sims = gallery.embeddings[rows] @ emb
+    best = int(np.argmax(sims))
+    return f"; it looks like {gallery.row_names[rows[best]]} (similarity {sims[best]:.2f})" \
+        if sims[best] >= threshold else ""
 
 
 def _read_image(path: Path) -> tuple[np.ndarray | None, str]:
