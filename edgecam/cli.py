@@ -344,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", metavar="VIDEO")
     p.add_argument("--speed", choices=["max", "realtime"], default="max", help="pace (default: %(default)s)")
     p.add_argument("--events", metavar="OUT.jsonl", help="also write events as JSON lines to this file")
-    p.add_argument("--annotate", metavar="OUT.mp4", help="write the video with faces, landmarks, identities and "
-                   "track ids drawn (.mp4 or .avi; default: none)")
+    p.add_argument("--annotate", metavar="OUT.webm", help="write the video with faces, landmarks, identities and "
+                   "track ids drawn (.webm: VP8, plays in browsers; .mp4: H.264 if this OpenCV has it, else mp4v; "
+                   ".avi: MJPG; default: none)")
     p.add_argument("--report", metavar="OUT.html", help="write a one-page HTML report: event timeline, best crop "
                    "of each track (in OUT_files/), stats (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on a terminal, no progress lines "
