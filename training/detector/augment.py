@@ -30,12 +30,15 @@ class AugConfig:
     negative_p: float = 0.08  # share of views taken from a face-free image
     background_p: float = 0.7  # share of views whose uncovered area shows a face-free image, not flat grey
     rotate_deg: float = 10.0  # std of the rotation (degrees)
+    roll_p: float = 0.0  # share of views rolled uniformly in +-roll_max instead (tilted heads)
+    roll_max: float = 45.0  # widest roll of those views (degrees)
     flip_p: float = 0.5
     ir_p: float = 0.2  # share of views from the IR-like grey channel
     blur_p: float = 0.2
     noise_p: float = 0.2
     jpeg_p: float = 0.25
     gamma_p: float = 0.3
+    dark_p: float = 0.0  # share of views made dim (x0.1-0.4) with sensor noise: low light
 
 
 @dataclass
@@ -108,7 +111,8 @@ def random_view(s: Sample, size: int, cfg: AugConfig, rng: np.random.Generator, 
         centre = np.array([w, h]) / 2 + rng.uniform(-0.3, 0.3, 2) * np.array([w, h])
         target = np.array([size, size]) / 2
     flip = bool(rng.random() < cfg.flip_p)
-    m = _affine(centre, scale, rng.normal(0, cfg.rotate_deg), flip, target)
+    angle = rng.uniform(-cfg.roll_max, cfg.roll_max) if rng.random() < cfg.roll_p else rng.normal(0, cfg.rotate_deg)
+    m = _affine(centre, scale, angle, flip, target)
     chan = int(rng.random() < cfg.ir_p)
     src = np.ascontiguousarray(s.image[:, :, chan])
     if bg is not None:
@@ -158,6 +162,8 @@ def photometric(img: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np
     x = img.astype(np.float32)
     x = (x - 128.0) * rng.uniform(0.5, 1.5) + 128.0 + rng.uniform(-40, 40)
     x = np.clip(x, 0, 255)
+    if rng.random() < cfg.dark_p:
+        x = x * rng.uniform(0.1, 0.4) + rng.normal(0, rng.uniform(1, 4), x.shape)
     if rng.random() < cfg.gamma_p:
         x = 255.0 * (x / 255.0) ** rng.uniform(0.5, 2.0)
     if rng.random() < cfg.blur_p:
@@ -171,17 +177,31 @@ def photometric(img: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np
     return out
 
 
-def make_view(samples: list[Sample], negatives: list[Sample], cfg: AugConfig, rng: np.random.Generator) -> View:
+class SamplePool:
+    """Samples from several sources, picked with a weight per source (so a big set does not drown a small one)."""
+
+    def __init__(self, sources: list[list[Sample]], weights: list[float]):
+        keep = [(s, w) for s, w in zip(sources, weights, strict=True) if s and w > 0]
+        self.sources = [s for s, _ in keep]
+        self.cum = np.cumsum([w for _, w in keep]) / sum(w for _, w in keep)
+
+    def pick(self, rng: np.random.Generator) -> Sample:
+        """One sample: a source by weight, then a sample of it uniformly."""
+        src = self.sources[min(int(np.searchsorted(self.cum, rng.random(), side="right")), len(self.sources) - 1)]
+        return src[rng.integers(len(src))]
+
+
+def make_view(samples: SamplePool, negatives: list[Sample], cfg: AugConfig, rng: np.random.Generator) -> View:
     """One training crop: a mosaic, a negative view or a plain view, then photometric noise."""
     if rng.random() < cfg.mosaic_p:
         pool = [negatives[rng.integers(len(negatives))] if negatives and rng.random() < cfg.negative_p
-                else samples[rng.integers(len(samples))] for _ in range(4)]
+                else samples.pick(rng) for _ in range(4)]
         v = mosaic(pool, cfg.size, cfg, rng, negatives)
     elif negatives and rng.random() < cfg.negative_p:
         v = random_view(negatives[rng.integers(len(negatives))], cfg.size, cfg, rng, cfg.face_max)
     else:
         bg = background(negatives, cfg.size, rng) if rng.random() < cfg.background_p else None
-        v = random_view(samples[rng.integers(len(samples))], cfg.size, cfg, rng, cfg.face_max, bg)
+        v = random_view(samples.pick(rng), cfg.size, cfg, rng, cfg.face_max, bg)
     v.image = photometric(v.image, cfg, rng)
     return v
 

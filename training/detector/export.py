@@ -157,7 +157,7 @@ def manifest(onnx_name: str, sha: str, train_cfg: dict[str, Any], fp32_bytes: in
         "file": onnx_name,
         "sha256": sha,
         "input": {"name": "input", "layout": "NCHW", "color": "gray", "size": None, "mean": [INPUT_MEAN],
-                  "std": [INPUT_STD], "pad_multiple": 32, "max_side": 640},
+                  "std": [INPUT_STD], "pad_multiple": 32, "max_side": 640, "coarse_side": 160},
         "output": {
             "name": "out", "kind": "centernet", "stride": 4,
             "channels": "0 heat (sigmoid score); 1-4 box l,t,r,b as log(distance/stride) from the cell centre; "
@@ -172,9 +172,14 @@ def manifest(onnx_name: str, sha: str, train_cfg: dict[str, Any], fp32_bytes: in
         "labels": ["face"],
         "params": n_params,
         "fp32_bytes": fp32_bytes,
-        "training": {k: train_cfg[k] for k in ("model", "iters", "batch", "lr", "seed", "pseudo", "step")},
+        "training": {**{k: train_cfg.get(k) for k in ("model", "iters", "batch", "lr", "seed", "pseudo", "step",
+                                                       "webfaces_weight", "extra")},
+                     "config": train_cfg.get("run_config", "")},
         "training_data": "Caltech 10k WebFaces train split (6,383 images, landmarks -> boxes) + YuNet pseudo-labels "
-                         "for unlabelled faces + 91 face-free negatives (SUN/Hays, scikit-image)",
+                         "for unlabelled faces + 91 face-free negatives (SUN/Hays, scikit-image)"
+                         + ("; YuNet-labelled scene and portrait folders staged by training.fetched (worksite, "
+                            "SHWD street/site, COCO128 people, masked faces, LFW-few, UTKFace: see training.extra)"
+                            if train_cfg.get("extra") else ""),
         "license": "Apache-2.0 (weights trained from scratch by edgecam; training images are research-only)",
         "metrics": {},
     }

@@ -1,6 +1,8 @@
 """Train the face detector from scratch (random init) on the WebFaces train split.
 
-    python -m training.detector.train --out runs/detector/main    # the shipped model: ~40 min alone on 2 cores
+    python -m training.detector.train --config training/detector/configs/wild.yaml   # the shipped model
+
+A run config (YAML: ``TrainConfig`` fields, ``aug:`` for ``AugConfig``) sets the defaults; flags override it.
 
 Runs the YuNet pseudo-labelling first (``pseudo_label.py``, ~4 min) when its JSON is missing; ``--pseudo ""``
 trains on the WebFaces labels alone (the ablation).
@@ -23,13 +25,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from training.detector.augment import AugConfig, encode_targets, make_view
+from training.detector.augment import AugConfig, SamplePool, encode_targets, make_view
 from training.detector.data import Sample, empty_sample, load_negatives, load_samples
 from training.detector.model import create_model
 from training.detector.pseudo_label import write_pseudo_labels
+from training.detector.scenes import load_folder
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,9 @@ class TrainConfig:
     data: str = "../shared/data/detection/webfaces"  # WebFaces folder (train split only is used)
     negatives: str = "../shared/data/detection/negatives"  # face-free images ("" = none)
     pseudo: str = "runs/detector/pseudo_train.json"  # YuNet pseudo-labels (made if missing; "" = labels only)
+    extra: str = ""  # more labelled folders (``scenes.py`` labels JSONs) as "path:weight,path:weight"
+    webfaces_weight: float = 1.0  # pick weight of WebFaces beside the extras' weights
+    extra_face_score: float = 0.7  # extras' faces under this YuNet score are ignore regions, not faces
     soft_pseudo: bool = False  # heatmap target of a pseudo face = YuNet's score (a soft teacher) instead of 1
     out: str = "runs/detector/main"  # checkpoints, log and loss curve go here
     cache: str = "runs/cache"  # decoded-image cache ("" = none)
@@ -63,6 +70,7 @@ class TrainConfig:
     threads: int = 1  # torch intra-op threads
     limit: int = 0  # use only the first N train images (0 = all; CI uses a few)
     ckpt_every: int = 250  # steps between checkpoints
+    run_config: str = ""  # the run config file these values came from (set by ``--config``; export records it)
     aug: AugConfig = field(default_factory=AugConfig)
 
 
@@ -110,7 +118,7 @@ def detection_loss(out: torch.Tensor, t: dict[str, torch.Tensor], cfg: TrainConf
 # -------------------------------------------------------------------------------------------------- batches
 
 
-def make_batch(samples: list[Sample], negatives: list[Sample], cfg: TrainConfig, rng: np.random.Generator,
+def make_batch(samples: SamplePool, negatives: list[Sample], cfg: TrainConfig, rng: np.random.Generator,
                stride: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A batch of augmented crops (B, 1, S, S) normalised as the manifest says, and their targets."""
     views = [make_view(samples, negatives, cfg.aug, rng) for _ in range(cfg.batch)]
@@ -145,16 +153,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """``TrainConfig`` with ``--field value`` / ``--aug.field value`` overrides."""
+    """``TrainConfig`` from ``--config FILE`` (YAML) with ``--field value`` / ``--aug.field value`` overrides."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="", help="run config YAML (default: none, the dataclass defaults)")
+    path = ap.parse_known_args(argv)[0].config
+    file_cfg = yaml.safe_load(Path(path).read_text()) if path else {}
     for prefix, cls in (("", TrainConfig), ("aug.", AugConfig)):
+        given = file_cfg.get("aug", {}) if prefix else file_cfg
         for f in dataclasses.fields(cls):
             if f.name == "aug":
                 continue
-            default = getattr(cls(), f.name)
+            default = given.get(f.name, getattr(cls(), f.name))
             kind = _parse_bool if isinstance(default, bool) else type(default)
             ap.add_argument(f"--{prefix}{f.name}", type=kind, default=default, help=f"(default: {default})")
     ns = vars(ap.parse_args(argv))
+    ns["run_config"] = ns.pop("config")
     aug = AugConfig(**{k[4:]: v for k, v in ns.items() if k.startswith("aug.")})
     return TrainConfig(**{k: v for k, v in ns.items() if not k.startswith("aug.")}, aug=aug)
 
@@ -191,8 +204,15 @@ def train(cfg: TrainConfig) -> Path:
     samples = load_samples(Path(cfg.data), "train", Path(cfg.cache) if cfg.cache else None, pseudo,
                            limit=cfg.limit or None, soft_pseudo=cfg.soft_pseudo)
     negatives = [empty_sample(im) for im in load_negatives(Path(cfg.negatives))] if cfg.negatives else []
-    logger.info("%d train images (%d faces), %d negatives", len(samples), sum(len(s.boxes) for s in samples),
-                len(negatives))
+    sources, weights = [samples], [cfg.webfaces_weight]
+    for item in filter(None, cfg.extra.split(",")):
+        path, _, w = item.rpartition(":")
+        sources.append(load_folder(Path(path), Path(cfg.cache) if cfg.cache else None, cfg.extra_face_score))
+        weights.append(float(w))
+    for src, w in zip(sources, weights, strict=True):
+        logger.info("source of weight %.2f: %d images, %d faces", w, len(src), sum(len(s.boxes) for s in src))
+    logger.info("%d negatives", len(negatives))
+    pool = SamplePool(sources, weights)
 
     # 3. model, EMA copy, optimiser
     model = create_model(cfg.model).to(memory_format=torch.channels_last)  # ~1.7x faster on CPU
@@ -225,7 +245,7 @@ def train(cfg: TrainConfig) -> Path:
     while step < cfg.iters:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        x, t = make_batch(samples, negatives, cfg, rng, model.stride)
+        x, t = make_batch(pool, negatives, cfg, rng, model.stride)
         losses = detection_loss(model(x), t, cfg)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
