@@ -18,7 +18,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_subcommand() -> None:
     r = run_cli("--help")
     assert r.returncode == 0
-    for cmd in ("detect", "enroll", "identify", "replay", "run", "check-config", "bench"):
+    for cmd in ("detect", "enroll", "identify", "gallery", "replay", "run", "check-config", "bench"):
         assert cmd in r.stdout
 
 

@@ -8,7 +8,16 @@ import pytest
 from edgecam.config import SnapshotConfig, TrackerConfig
 from edgecam.crops import Quality
 from edgecam.sources import Frame
-from edgecam.track import Observation, Tracker, Vote, centre_distance, greedy_match, iou_matrix, vote
+from edgecam.track import (
+    Observation,
+    Tracker,
+    Vote,
+    centre_distance,
+    greedy_match,
+    iou_matrix,
+    vote,
+    vote_similarity,
+)
 
 IMG = np.zeros((240, 320, 3), np.uint8)
 EVENT_KEYS = {"type", "id", "seq", "camera", "label", "identity", "status", "scores", "box", "start", "end",
@@ -97,7 +106,9 @@ def test_identity_vote_and_update_event() -> None:
         events += step(t, i, [box(10)], votes=[v])
     kinds = [(e["type"], e["identity"], e["status"]) for e in events]
     assert kinds == [("new", "alice", "known"), ("update", "unknown", "unknown")]
-    assert events[0]["scores"]["identity"] == pytest.approx(0.667)
+    assert events[0]["scores"]["identity"] == pytest.approx(0.667)  # the vote share ...
+    assert events[0]["scores"]["similarity"] == pytest.approx(0.8)  # ... and how well alice's votes matched
+    assert events[1]["scores"]["similarity"] == pytest.approx(0.2)  # unknown: how close it came to anyone
     assert events[1]["frames"]["votes"] == 5
     assert all(e["id"] == events[0]["id"] for e in events)
 
@@ -110,6 +121,22 @@ def test_vote_rules() -> None:
     assert vote([Vote("unknown", "unknown", 0.1)] * 3 + [k("a")]) == ("unknown", "unknown", 0.75)
     assert vote([k("a", 0.5), k("b", 0.9)])[0] == "b"  # tie on count: higher summed score
     assert vote([Vote("", "uncertain", 0.5)]) == ("unknown", "uncertain", 0.0)
+
+
+def test_vote_similarity() -> None:
+    votes = [Vote("a", "known", 0.8), Vote("a", "known", 0.6), Vote("b", "known", 0.9),
+             Vote("unknown", "unknown", 0.3), Vote("a", "uncertain", 0.45)]
+    assert vote_similarity(votes, "a") == pytest.approx(0.7)  # the votes that named a, not b's or the others
+    assert vote_similarity(votes, "unknown") == pytest.approx(0.3)
+    assert vote_similarity([Vote("a", "uncertain", 0.45), Vote("b", "uncertain", 0.5)], "unknown") == \
+        pytest.approx(0.475)  # nothing decisive: all votes
+    assert vote_similarity([], "unknown") is None  # no recognizer
+
+
+def test_events_without_a_recognizer_have_a_null_similarity() -> None:
+    t = make()
+    events = [e for i in range(3) for e in step(t, i, [box(10)])]
+    assert events[0]["type"] == "new" and events[0]["scores"]["similarity"] is None
 
 
 def test_identity_change_emits_update() -> None:
