@@ -102,6 +102,7 @@ class App:
         self._commands: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._states: dict[str, Any] = {}
+        self._recognized: dict[str, str] = {}  # track id -> what was said of it on <base>/recognized
         self._t_start = self._t_stats = self._t_ping = self._t_end = 0.0
         self._frames_at_stats = 0
         self._ready = False
@@ -289,10 +290,35 @@ class App:
         assert self.publisher is not None and self.pipeline is not None
         try:
             self.publisher.publish_event(event.payload, frame_time=arrived)
+            recognition = self._recognition(event.payload)
+            if recognition is not None:
+                self.publisher.publish_recognition(recognition, frame_time=arrived)
             if event.image is not None:
                 self.publisher.publish_snapshot(encode_jpeg(event.image, self.cfg.snapshot.jpeg_quality))
         except Exception:
             self._count_error("event %s seq %s: publishing failed", event.payload["id"], event.payload["seq"])
+
+    def _recognition(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """What an event says on ``<base>/recognized`` (Home Assistant's one-line automations), if anything.
+
+        ``recognized`` the first time a track is named (again if its name changes); ``unknown`` once per track
+        when nobody is recognized: the vote says unknown (or no recognizer runs), or the track ended unnamed.
+        """
+        track, status, name, kind = payload["id"], payload["status"], payload["identity"], payload["type"]
+        said = self._recognized.pop(track, None) if kind == "end" else self._recognized.get(track)
+        what = None
+        if status == "known" and said != name:
+            what = "recognized"
+        elif said is None and (kind == "end" or status == "unknown" and (
+                payload["frames"]["votes"] > 0 or self.recognizer is None)):
+            what = "unknown"
+        if what is None:
+            return None
+        if kind != "end":
+            self._recognized[track] = name if what == "recognized" else "unknown"
+        return {"event_type": what, "identity": name if what == "recognized" else "unknown",
+                "camera": payload["camera"], "id": track, "timestamp": payload["timestamp"],
+                "start": payload["start"], "scores": payload["scores"], "snapshot": payload.get("snapshot")}
 
     def _count_error(self, message: str, *args: Any) -> None:
         """Count an error and log it with its traceback (the first 5, then every 100th)."""

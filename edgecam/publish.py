@@ -36,7 +36,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgecam import EdgecamError
 from edgecam.mqtt_config import MqttConfig, MqttSecretError, install_secret_filter, mask_secrets
 from edgecam.outbox import Outbox, OutboxSender, Row
-from edgecam.topics import DETECTION_STATE, CommandError, Topics, check_name, discovery_config, parse_command
+from edgecam.topics import (
+    DETECTION_STATE,
+    CommandError,
+    Topics,
+    check_name,
+    client_id,
+    device_id,
+    discovery_config,
+    parse_command,
+)
 
 __all__ = ["CommandCallback", "MqttConfig", "Publisher", "PublisherError"]
 
@@ -45,6 +54,9 @@ _paho_logger = logging.getLogger(f"{__name__}.paho")
 
 CommandCallback = Callable[[str, bytes], None]
 OUTBOX_FILE = "outbox.sqlite3"
+REMOVAL_KEEP_S = 30 * 86400.0
+"""A person removed from the gallery stays in the discovery config as HA's removal form this long (Home
+Assistant may be away when it is first sent; the retained config is what it reads when it comes back)."""
 _DROP_LOG_EVERY_S = 10.0
 
 
@@ -174,7 +186,7 @@ class Publisher:
         v5 = cfg.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"edgecam-{self.camera}",
+            client_id=cfg.client_id or client_id(self.camera, cfg.prefix),
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else True,
         )
@@ -287,8 +299,10 @@ class Publisher:
     def publish_discovery(self, people: list[str]) -> None:
         """Publish (retained) the Home Assistant discovery config with a binary_sensor per enrolled person.
 
-        People dropped since the previous call are removed from Home Assistant. No-op when
-        ``cfg.discovery`` is off. A person without a published state starts as ``OFF``.
+        The people announced are remembered in the state dir (``ha-<device id>.json``), so people removed from
+        the gallery, in this run or while the daemon was down, are sent in HA's removal form for
+        ``REMOVAL_KEEP_S`` and their retained ON/OFF topics are cleared. No-op when ``cfg.discovery`` is off. A
+        person without a published state starts as ``OFF``.
 
         Raises:
             ValueError: A name that is not one topic level or is reserved.
@@ -296,14 +310,78 @@ class Publisher:
         if not self.cfg.discovery:
             return
         people = [check_name(p, "person name") for p in dict.fromkeys(people)]
-        removed = [p for p in self._people if p not in people]
+        announced, removed = self._load_announced()
+        now = time.time()
+        for person in [*announced, *self._people]:
+            removed.setdefault(person, now)
+        removed = {p: t for p, t in removed.items() if p not in people and now - t < REMOVAL_KEEP_S}
         self._people = people
-        config = discovery_config(self.topics, people, removed)
-        topic = f"{self.cfg.discovery_prefix}/device/{config['dev']['ids'][0]}/config"
-        self._publish_latest(topic, _to_json(config), qos=1)
+        self._save_announced(people, removed)
+        config = discovery_config(self.topics, people, sorted(removed), qos=self.cfg.qos)
+        self._publish_latest(self.discovery_topic, _to_json(config), qos=1)
+        for person in removed:
+            self._clear_state(person)
         for person in people:
-            if self.topics.state(person) not in self._latest:
+            if self._latest.get(self.topics.state(person), (b"",))[0] == b"":
                 self.publish_state(person, False)
+
+    @property
+    def discovery_topic(self) -> str:
+        """``<discovery_prefix>/device/<device id>/config`` of this camera."""
+        return f"{self.cfg.discovery_prefix}/device/{device_id(self.camera, self.cfg.prefix)}/config"
+
+    @property
+    def _announced_file(self) -> Path:
+        return self.state_dir / f"ha-{device_id(self.camera, self.cfg.prefix)}.json"
+
+    def _load_announced(self) -> tuple[list[str], dict[str, float]]:
+        """People announced to HA by an earlier call or run, and people removed since (name -> time)."""
+        try:
+            data = json.loads(self._announced_file.read_text(encoding="utf-8"))
+            announced = [str(p) for p in data.get("announced", [])]
+            removed = {str(p): float(t) for p, t in data.get("removed", {}).items()}
+        except FileNotFoundError:
+            return [], {}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            logger.warning("MQTT: %s unreadable (%s); people removed earlier stay in Home Assistant",
+                           self._announced_file, exc)
+            return [], {}
+        return announced, removed
+
+    def _save_announced(self, people: list[str], removed: dict[str, float]) -> None:
+        path = self._announced_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"announced": people, "removed": removed}, indent=1), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as exc:
+            logger.warning("MQTT: cannot write %s (%s); a person removed later may stay in Home Assistant",
+                           path, exc)
+
+    def _clear_state(self, person: str) -> None:
+        """Delete a removed person's retained ON/OFF message (an empty retained payload; again on reconnect)."""
+        try:
+            topic = self.topics.state(person)
+        except ValueError:  # a name that became reserved: nothing of ours was retained under it
+            return
+        self._publish_latest(topic, b"", qos=1)
+
+    def publish_recognition(self, payload: dict[str, Any], frame_time: float | None = None) -> None:
+        """Queue a recognition (``{"event_type": "recognized" | "unknown", ...}``) for ``<base>/recognized``.
+
+        Through the outbox like events (QoS ``cfg.qos``, never retained: HA's event entities ignore retained
+        messages); a ``recognized`` one is also the retained ``<base>/last_recognized`` (latest wins).
+        """
+        if self._state != "started" or self._sender is None:
+            raise RuntimeError(f"publish_recognition on a publisher that is {self._state}")
+        t0 = time.monotonic() if frame_time is None else frame_time
+        _, dropped = self._sender.put(self.topics.recognized, _to_json(payload), self.cfg.qos, t0)
+        if dropped:
+            self._note_drops(dropped)
+        if payload.get("event_type") == "recognized":
+            self._publish_latest(self.topics.last_recognized, _to_json(payload), qos=1)
+        self._wake.set()
 
     def on_command(self, callback: CommandCallback) -> None:
         """Call ``callback(command, payload)`` for every valid command (from paho's network thread: be quick).

@@ -11,14 +11,22 @@ Topics (``<prefix>`` default ``edgecam``)::
     <prefix>/<camera>/face             faces in view (int)    retained state
     <prefix>/<camera>/detection        ON | OFF               retained state
     <prefix>/<camera>/<person>         ON | OFF               retained state, one per enrolled person
+    <prefix>/<camera>/recognized       {"event_type": ...}    QoS 1, through the outbox: "recognized" (a track
+                                                              is first named), "unknown" (a face nobody knows)
+    <prefix>/<camera>/last_recognized  {"identity": ...}      retained: the latest "recognized"
     <prefix>/<camera>/set/detection    ON | OFF               command
     <prefix>/<camera>/set/snapshot     anything               command: publish a snapshot now
     <prefix>/<camera>/set/enroll       {"name": "..."}        command, refused unless mqtt.allow_enroll
 
-Home Assistant device discovery: one retained config at ``<discovery_prefix>/device/edgecam_<camera>/config``
-with one device block, the availability topic, and components: an ``event`` (face events), an ``image``
-(snapshot), a ``sensor`` (faces in view), a ``switch`` (detection), a ``button`` (snapshot now) and a
-``binary_sensor`` per enrolled person.
+Home Assistant device discovery: one retained config at ``<discovery_prefix>/device/<device id>/config`` (the
+device id is ``edgecam_<camera>`` under the default prefix, ``edgecam_<prefix>__<camera>`` under another, so
+two daemons with one camera name under two prefixes are two devices) with one device block, the availability
+topic, and components, each with its own ``qos``: an ``event`` (face events), two more ``event`` entities for
+one-line automations (``Recognized``: a person is named, ``Unknown face``), a ``sensor`` with the last person
+recognized, an ``image`` (snapshot), a ``sensor`` (faces in view), a ``switch`` (detection) and a ``button``
+(snapshot now) in the config category, diagnostic sensors from the stats topic (frames/s, events dropped,
+events queued, broker link) and a ``binary_sensor`` per enrolled person. A person who is gone is sent as
+``{"p": "binary_sensor"}``, Home Assistant's removal form.
 """
 
 from __future__ import annotations
@@ -38,7 +46,12 @@ DETECTION_STATE = "detection"
 EVENT_TYPE_KEY = "type"
 """Key of an event's kind (new/update/end) in the event JSON."""
 EVENT_TYPES = ("new", "update", "end")
-RESERVED_NAMES = frozenset({"events", "snapshot", "stats", "set", "availability"})
+RECOGNIZED = "recognized"
+"""Topic level of the recognition events (``recognized`` / ``unknown``) for Home Assistant automations."""
+LAST_RECOGNIZED = "last_recognized"
+"""Topic level of the retained latest recognition (the "last recognized" sensor)."""
+RECOGNITION_TYPES = ("recognized", "unknown")
+RESERVED_NAMES = frozenset({"events", "snapshot", "stats", "set", "availability", RECOGNIZED, LAST_RECOGNIZED})
 RESERVED_PERSON_NAMES = RESERVED_NAMES | {FACES_STATE, DETECTION_STATE}
 """A person's state topic is ``<prefix>/<camera>/<name>``: these would collide with edgecam's own topics."""
 MAX_COMMAND_BYTES = 1024
@@ -98,6 +111,14 @@ class Topics:
     @property
     def stats(self) -> str:
         return f"{self.base}/stats"
+
+    @property
+    def recognized(self) -> str:
+        return f"{self.base}/{RECOGNIZED}"
+
+    @property
+    def last_recognized(self) -> str:
+        return f"{self.base}/{LAST_RECOGNIZED}"
 
     @property
     def commands(self) -> str:
@@ -164,9 +185,26 @@ def _parse_enroll(payload: bytes, allow_enroll: bool) -> bytes:
 # Home Assistant MQTT device discovery
 
 
-def device_id(camera: str) -> str:
-    """The HA device id / object id of a camera: ``edgecam_`` + a slug (``[a-zA-Z0-9_-]`` only)."""
-    return f"edgecam_{_slug(camera)}"
+DEFAULT_PREFIX = "edgecam"
+
+
+def device_id(camera: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The HA device id / object id of a camera under a topic prefix (``[a-zA-Z0-9_-]`` only).
+
+    ``edgecam_<camera>`` under the default prefix (the id devices had before prefixes counted),
+    ``edgecam_<prefix>__<camera>`` under another: a slug never holds ``__``, so no two (prefix, camera) meet.
+    """
+    if prefix == DEFAULT_PREFIX:
+        return f"edgecam_{_slug(camera)}"
+    return f"edgecam_{_slug(prefix)}__{_slug(camera)}"
+
+
+def client_id(camera: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The default MQTT client id: ``edgecam-<camera>``, ``edgecam-<camera>@<prefix>`` under another prefix.
+
+    Two daemons with the same camera name under two prefixes would otherwise kick each other off the broker.
+    """
+    return f"edgecam-{camera}" if prefix == DEFAULT_PREFIX else f"edgecam-{camera}@{prefix}"
 
 
 def _slug(name: str) -> str:
@@ -177,23 +215,32 @@ def _slug(name: str) -> str:
     return f"{slug}_{hashlib.sha1(name.encode('utf-8')).hexdigest()[:6]}".lstrip("_")  # noqa: S324 - an id
 
 
-def discovery_topic(discovery_prefix: str, camera: str) -> str:
-    """``<discovery_prefix>/device/edgecam_<camera>/config``."""
-    return f"{discovery_prefix}/device/{device_id(camera)}/config"
+def discovery_topic(discovery_prefix: str, camera: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """``<discovery_prefix>/device/<device id>/config``."""
+    return f"{discovery_prefix}/device/{device_id(camera, prefix)}/config"
 
 
-def discovery_config(topics: Topics, people: list[str], removed: list[str] | None = None) -> dict[str, Any]:
+def person_key(dev: str, person: str) -> str:
+    """The component key and unique_id of a person's binary_sensor."""
+    return f"{dev}_person_{_slug(person)}"
+
+
+def discovery_config(topics: Topics, people: list[str], removed: list[str] | None = None,
+                     qos: int = 1) -> dict[str, Any]:
     """The device discovery payload of one camera.
 
     Args:
         topics: The camera's topics.
         people: Enrolled people; each gets a ``binary_sensor`` on ``<prefix>/<camera>/<person>``.
-        removed: People enrolled before and gone now; their components are sent as ``{"p": ...}`` only,
+        removed: People announced before and gone now; their components are sent as ``{"p": ...}`` only,
             which tells Home Assistant to remove them.
+        qos: QoS of every component's subscriptions (set per component: HA before 2026.6 ignores it on the
+            device).
     """
-    dev = device_id(topics.camera)
+    dev = device_id(topics.camera, topics.prefix)
     components: dict[str, dict[str, Any]] = {
         f"{dev}_events": _event_component(topics, dev),
+        **_recognition_components(topics, dev),
         f"{dev}_snapshot": {
             "p": "image",
             "name": "Best face",
@@ -217,6 +264,7 @@ def discovery_config(topics: Topics, people: list[str], removed: list[str] | Non
             "command_topic": topics.command("detection"),
             "payload_on": "ON",
             "payload_off": "OFF",
+            "entity_category": "config",
             "icon": "mdi:cctv",
         },
         f"{dev}_snapshot_now": {
@@ -225,10 +273,13 @@ def discovery_config(topics: Topics, people: list[str], removed: list[str] | Non
             "unique_id": f"{dev}_snapshot_now",
             "command_topic": topics.command("snapshot"),
             "payload_press": "PRESS",
+            "entity_category": "config",
+            "icon": "mdi:camera",
         },
+        **_diagnostic_components(topics, dev),
     }
     for person in people:
-        key = f"{dev}_person_{_slug(person)}"
+        key = person_key(dev, person)
         components[key] = {
             "p": "binary_sensor",
             "name": person,
@@ -238,12 +289,15 @@ def discovery_config(topics: Topics, people: list[str], removed: list[str] | Non
             "payload_on": "ON",
             "payload_off": "OFF",
         }
+    for component in components.values():
+        component["qos"] = qos
     for person in removed or []:
-        components[f"{dev}_person_{_slug(person)}"] = {"p": "binary_sensor"}
+        components[person_key(dev, person)] = {"p": "binary_sensor"}
     return {
         "dev": {
             "ids": [dev],
-            "name": f"edgecam {topics.camera}",
+            "name": f"edgecam {topics.camera}" if topics.prefix == DEFAULT_PREFIX
+            else f"edgecam {topics.camera} ({topics.prefix})",
             "mf": "edgecam",
             "mdl": "edgecam face events daemon",
             "sw": __version__,
@@ -252,7 +306,6 @@ def discovery_config(topics: Topics, people: list[str], removed: list[str] | Non
         "availability": [
             {"topic": topics.availability, "payload_available": "online", "payload_not_available": "offline"}
         ],
-        "qos": 1,
         "cmps": components,
     }
 
@@ -268,3 +321,50 @@ def _event_component(topics: Topics, dev: str) -> dict[str, Any]:
         "value_template": f"{{{{ dict(value_json, event_type=value_json.{EVENT_TYPE_KEY}) | tojson }}}}",
         "icon": "mdi:face-man-shimmer",
     }
+
+
+def _recognition_components(topics: Topics, dev: str) -> dict[str, dict[str, Any]]:
+    """One event entity per recognition type (an automation triggers on the entity alone) and the last name."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, name, icon in (("recognized", "Recognized", "mdi:account-check"),
+                             ("unknown", "Unknown face", "mdi:account-question")):
+        out[f"{dev}_{kind}"] = {
+            "p": "event",
+            "name": name,
+            "unique_id": f"{dev}_{kind}",
+            "state_topic": topics.recognized,
+            "event_types": [kind],
+            # the other kind renders empty, which HA ignores without a warning
+            "value_template": f"{{% if value_json.event_type == '{kind}' %}}{{{{ value_json | tojson }}}}{{% endif %}}",
+            "icon": icon,
+        }
+    out[f"{dev}_last_recognized"] = {
+        "p": "sensor",
+        "name": "Last recognized",
+        "unique_id": f"{dev}_last_recognized",
+        "state_topic": topics.last_recognized,
+        "value_template": "{{ value_json.identity }}",
+        "json_attributes_topic": topics.last_recognized,
+        "icon": "mdi:account-clock",
+    }
+    return out
+
+
+def _diagnostic_components(topics: Topics, dev: str) -> dict[str, dict[str, Any]]:
+    """Diagnostic entities read from the stats JSON (published every ``stats_interval_s``)."""
+    def sensor(key: str, name: str, template: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+        return f"{dev}_{key}", {"p": "sensor", "name": name, "unique_id": f"{dev}_{key}", "state_topic": topics.stats,
+                                "value_template": template, "entity_category": "diagnostic", **extra}
+
+    return dict([
+        sensor("fps", "Frames per second", "{{ value_json.fps }}", unit_of_measurement="fps",
+               state_class="measurement", icon="mdi:speedometer"),
+        sensor("dropped_events", "Events dropped", "{{ value_json.dropped_events | default(0) }}",
+               state_class="total_increasing", icon="mdi:delete-alert"),
+        sensor("queued_events", "Events queued", "{{ value_json.queue_depth | default(0) }}",
+               state_class="measurement", icon="mdi:tray-full"),
+        (f"{dev}_broker", {"p": "binary_sensor", "name": "Broker link", "unique_id": f"{dev}_broker",
+                           "state_topic": topics.stats, "device_class": "connectivity",
+                           "value_template": "{{ 'ON' if value_json.broker_connected else 'OFF' }}",
+                           "payload_on": "ON", "payload_off": "OFF", "entity_category": "diagnostic"}),
+    ])

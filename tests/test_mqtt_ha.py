@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,21 @@ def test_discovery_config_retained_and_complete(pub: Publisher, collector: Calla
     assert cfg["dev"]["ids"] == [device_id(CAM)] and cfg["dev"]["name"] and cfg["o"]["name"] == "edgecam"
     assert cfg["availability"][0]["topic"] == "edgecam/availability"
     platforms = sorted(c["p"] for c in cfg["cmps"].values())
-    assert platforms == ["binary_sensor", "binary_sensor", "button", "event", "image", "sensor", "switch"]
-    by_p = {c["p"]: c for c in cfg["cmps"].values()}
+    assert platforms == ["binary_sensor"] * 3 + ["button"] + ["event"] * 3 + ["image"] + ["sensor"] * 5 + ["switch"]
+    assert all(c["qos"] == 1 for c in cfg["cmps"].values()) and "qos" not in cfg  # per component, not device
+    dev = device_id(CAM)
+    by_p = {c["p"]: c for k, c in cfg["cmps"].items()
+            if k in {f"{dev}_{x}" for x in ("events", "faces", "detection", "snapshot", "snapshot_now")}}
     assert by_p["event"]["state_topic"] == f"edgecam/{CAM}/events" and by_p["event"]["event_types"]
     assert by_p["image"]["image_topic"] == f"edgecam/{CAM}/snapshot"
     assert by_p["image"]["content_type"] == "image/jpeg"
     assert by_p["switch"]["command_topic"] == f"edgecam/{CAM}/set/detection"
     assert by_p["sensor"]["state_topic"] == f"edgecam/{CAM}/face"
-    people = {c["name"]: c for c in cfg["cmps"].values() if c["p"] == "binary_sensor"}
+    assert by_p["switch"]["entity_category"] == by_p["button"]["entity_category"] == "config"
+    diagnostic = {c["name"]: c for c in cfg["cmps"].values() if c.get("entity_category") == "diagnostic"}
+    assert set(diagnostic) == {"Frames per second", "Events dropped", "Events queued", "Broker link"}
+    assert all(c["state_topic"] == f"edgecam/{CAM}/stats" for c in diagnostic.values())
+    people = {c["name"]: c for c in cfg["cmps"].values() if c.get("device_class") == "occupancy"}
     assert people["Bob Smith"]["state_topic"] == f"edgecam/{CAM}/Bob Smith"
     uids = [c["unique_id"] for c in cfg["cmps"].values()]
     assert len(set(uids)) == len(uids) and all(k == c["unique_id"] for k, c in cfg["cmps"].items())
@@ -60,7 +68,7 @@ def test_discovery_config_retained_and_complete(pub: Publisher, collector: Calla
     sub.wait_count(DISCOVERY, 2)
     cmps = json.loads(sub.on(DISCOVERY)[-1].payload)["cmps"]
     gone = [c for c in cmps.values() if c["p"] == "binary_sensor" and "name" not in c]
-    assert len(gone) == 1 and len(cmps) == 7
+    assert len(gone) == 1 and len(cmps) == 14
 
 
 def test_availability_per_camera(broker: Broker, collector: Callable[..., Collector], tmp_path: Path) -> None:
@@ -197,3 +205,138 @@ def test_last_will_offline_on_kill_9(broker: Broker, collector: Callable[..., Co
     late = collector(["edgecam/availability"])  # the will is retained
     msg = late.wait_count("edgecam/availability", 1)[0]
     assert msg.retain and msg.payload == b"offline"
+
+
+# ---------------------------------------------------------------------------------------------- issue 12
+
+
+def test_people_removed_while_the_daemon_was_down_leave_home_assistant(
+        broker: Broker, collector: Callable[..., Collector], tmp_path: Path) -> None:
+    sub = collector(["homeassistant/#", f"edgecam/{CAM}/+"])
+    first = Publisher(make_cfg(broker.port), CAM, tmp_path)
+    first.start()
+    first.publish_discovery(["alice", "bob"])
+    first.publish_state("bob", True)
+    assert sub.wait_for(lambda msgs: any(m.topic == f"edgecam/{CAM}/bob" and m.payload == b"ON" for m in msgs))
+    first.stop()
+    # bob is removed from the gallery while the daemon is down; a new process knows only alice
+    second = Publisher(make_cfg(broker.port), CAM, tmp_path)
+    second.start()
+    second.publish_discovery(["alice"])
+    assert wait_until(lambda: second.status()["connected"], 10)
+    cmps = json.loads(sub.wait_count(DISCOVERY, 2)[-1].payload)["cmps"]
+    gone = [k for k, c in cmps.items() if c == {"p": "binary_sensor"}]
+    assert gone == [f"{device_id(CAM)}_person_bob"]  # HA's removal form
+    assert sub.wait_for(lambda msgs: any(m.topic == f"edgecam/{CAM}/bob" and m.payload == b"" for m in msgs))
+    late = collector([f"edgecam/{CAM}/+"])  # retained: alice's OFF, nothing for bob any more
+    assert late.wait_count(f"edgecam/{CAM}/alice", 1)
+    time.sleep(0.3)
+    assert not late.on(f"edgecam/{CAM}/bob")
+    saved = json.loads((tmp_path / f"ha-{device_id(CAM)}.json").read_text())
+    assert saved["announced"] == ["alice"] and list(saved["removed"]) == ["bob"]
+    before = len(sub.messages)
+    second.publish_discovery(["alice", "bob"])  # enrolled again: a person, no removal, OFF again
+    cmps = json.loads(sub.wait_count(DISCOVERY, 3)[-1].payload)["cmps"]
+    assert cmps[f"{device_id(CAM)}_person_bob"]["name"] == "bob"
+    assert sub.wait_for(lambda msgs: any(m.topic == f"edgecam/{CAM}/bob" and m.payload == b"OFF"
+                                         for m in msgs[before:]))
+    second.stop()
+
+
+def test_two_prefixes_same_camera_name_are_two_clients_and_two_devices(
+        broker: Broker, collector: Callable[..., Collector], tmp_path: Path) -> None:
+    sub = collector(["homeassistant/#"])
+    pubs = [Publisher(make_cfg(broker.port, prefix=prefix), CAM, tmp_path / prefix) for prefix in ("edgecam", "b")]
+    for p in pubs:
+        p.start()
+        p.publish_discovery(["alice"])
+    try:
+        assert wait_until(lambda: all(p.status()["connected"] for p in pubs), 10)
+        time.sleep(1.5)  # with one client id the broker would have kicked one off by now, again and again
+        assert all(p.status()["connected"] for p in pubs)
+        log = broker.log()
+        assert " as edgecam-door@b " in log and " as edgecam-door " in log and "already connected" not in log
+        assert sub.wait_for(lambda msgs: len({m.topic for m in msgs}) >= 2)
+        topics = {m.topic for m in sub.messages}
+        assert topics == {DISCOVERY, "homeassistant/device/edgecam_b__door/config"}
+        uids = [set(json.loads(sub.on(t)[-1].payload)["cmps"]) for t in topics]
+        assert not uids[0] & uids[1]  # no entity shared between the two devices
+    finally:
+        for p in pubs:
+            p.stop()
+
+
+def test_recognitions_once_per_track_and_name(broker: Broker, collector: Callable[..., Collector],
+                                              tmp_path: Path) -> None:
+    from edgecam.app import App
+    from edgecam.config import parse_config
+
+    app = App(parse_config({}))
+    app.recognizer = object()  # type: ignore[assignment]  # a recognizer runs: an unvoted face is not "unknown" yet
+
+    def ev(kind: str, track: str, name: str, status: str, votes: int) -> dict[str, Any] | None:
+        return app._recognition({"type": kind, "id": track, "identity": name, "status": status, "camera": CAM,
+                                 "frames": {"votes": votes}, "timestamp": 1.0, "start": 0.5, "scores": {}})
+
+    said = [ev("new", "t1", "unknown", "unknown", 0), ev("update", "t1", "alice", "known", 3),
+            ev("update", "t1", "alice", "known", 4), ev("end", "t1", "alice", "known", 5),
+            ev("new", "t2", "unknown", "unknown", 2), ev("update", "t2", "unknown", "unknown", 3),
+            ev("end", "t2", "unknown", "unknown", 3), ev("new", "t3", "bob", "uncertain", 1),
+            ev("end", "t3", "bob", "uncertain", 2)]
+    assert [(s["event_type"], s["identity"], s["id"]) if s else None for s in said] == [
+        None, ("recognized", "alice", "t1"), None, None, ("unknown", "unknown", "t2"), None, None, None,
+        ("unknown", "unknown", "t3")]
+    app.recognizer = None  # no recognizer: every face is unknown from its first event
+    assert ev("new", "t4", "unknown", "unknown", 0)["event_type"] == "unknown"  # type: ignore[index]
+
+    sub = collector([f"edgecam/{CAM}/recognized", f"edgecam/{CAM}/last_recognized"])
+    pub = Publisher(make_cfg(broker.port), CAM, tmp_path)
+    pub.start()
+    try:
+        for s in said:
+            if s is not None:
+                pub.publish_recognition(s)
+        got = sub.wait_count(f"edgecam/{CAM}/recognized", 3)
+        assert [json.loads(m.payload)["event_type"] for m in got] == ["recognized", "unknown", "unknown"]
+        assert not any(m.retain for m in got)  # HA event entities ignore retained messages
+        last = collector([f"edgecam/{CAM}/last_recognized"]).wait_count(f"edgecam/{CAM}/last_recognized", 1)[0]
+        assert last.retain and json.loads(last.payload)["identity"] == "alice"
+    finally:
+        pub.stop()
+
+
+HA_PYTHON = os.environ.get("EDGECAM_HA_PYTHON", "")
+HA_CHECK = Path(__file__).with_name("ha_discovery_check.py")
+
+
+def _ha_python() -> str | None:
+    """A Python that imports Home Assistant 2025.4+ (``EDGECAM_HA_PYTHON``, or this one)."""
+    for exe in (HA_PYTHON, sys.executable):
+        if exe and subprocess.run([exe, "-c", "import homeassistant.components.mqtt.schemas"],
+                                  capture_output=True, timeout=120).returncode == 0:
+            return exe
+    return None
+
+
+@pytest.mark.skipif(_ha_python() is None, reason="Home Assistant not importable: set EDGECAM_HA_PYTHON to a Python "
+                    "with homeassistant==2025.4.* installed (it needs Python >= 3.13; see README)")
+def test_discovery_payloads_pass_home_assistants_own_schemas(tmp_path: Path) -> None:
+    from edgecam.topics import Topics, discovery_config
+
+    payloads = {
+        "default prefix, people": discovery_config(Topics("edgecam", CAM), ["alice", "Bob Smith"], qos=1),
+        "other prefix, per-camera availability, removals, qos 2": discovery_config(
+            Topics("site/b", "front-door", per_camera_availability=True), ["carol"], ["dave", "Bob Smith"], qos=2),
+        "nobody enrolled": discovery_config(Topics("edgecam", CAM), []),
+    }
+    exe = _ha_python()
+    assert exe is not None
+    r = subprocess.run([exe, str(HA_CHECK)], input=json.dumps(payloads), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["homeassistant"].startswith("2025.") or report["homeassistant"] >= "2025"
+    for name, result in report["payloads"].items():
+        assert result["errors"] == [], (name, result["errors"])
+        assert result["dropped_keys"] == [], (name, result["dropped_keys"])  # keys HA would silently ignore
+    assert report["payloads"]["nobody enrolled"]["components"] == 12
+    assert report["payloads"]["other prefix, per-camera availability, removals, qos 2"]["removed"] == 2
