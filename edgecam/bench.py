@@ -379,8 +379,27 @@ def print_attention(a: dict[str, Any]) -> None:
           f"M/frame in all, {a['saving']:.2f}x fewer than the full-frame network")
 
 
+def plot_title(result: dict[str, Any]) -> str:
+    """``edgecam bench: corridor.mp4 (480x270), 76 frames x 2 passes`` (``frames`` counts every pass)."""
+    w, h = result["frame_size"]
+    passes = max(1, int(result["passes"]))
+    per_pass = int(result["frames"]) // passes
+    return (f"edgecam bench: {Path(result['video']).name} ({w}x{h}), {per_pass} frames x {passes} "
+            f"pass{'es' if passes > 1 else ''}")
+
+
 def plot(result: dict[str, Any], path: Path) -> Path:
     """Stacked bars of ms per frame by stage, one bar per run, frames/s at the end of each (needs matplotlib)."""
+    fig = plot_figure(result)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_figure(result: dict[str, Any]) -> Any:
+    """The matplotlib figure of ``plot``: the legend beside the bars, the title with frames per pass."""
     try:
         import matplotlib
 
@@ -398,13 +417,10 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         left = [a + b for a, b in zip(left, widths, strict=True)]
     for y, (x, r) in enumerate(zip(left, runs, strict=True)):
         ax.text(x, y, f" {r['fps']:.1f} frames/s", va="center", fontsize=8)
-    w, h = result["frame_size"]
     ax.set_xlabel("ms per frame (stage totals / frames)")
-    ax.set_title(f"edgecam bench: {Path(result['video']).name} ({w}x{h}), {result['frames']} frames x "
-                 f"{result['passes']}", fontsize=9)
+    ax.set_title(plot_title(result), fontsize=9)
     ax.set_xlim(0, max(left) * 1.3 if max(left) > 0 else 1)
     ax.invert_yaxis()
-    ax.legend(fontsize=7, ncol=len(STAGES), loc="upper center", bbox_to_anchor=(0.5, -0.6 / (1 + len(runs))))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="stage", title_fontsize=7,
+              frameon=False)  # beside the bars: never over the axis or its label
+    return fig

@@ -270,7 +270,8 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 
 
 def _add_runtime_options(p: argparse.ArgumentParser, config_required: bool) -> None:
-    p.add_argument("--config", required=config_required, help="YAML config file (default: built-in defaults)")
+    p.add_argument("--config", required=config_required, help="YAML config file (required)" if config_required
+                   else "YAML config file (default: built-in defaults)")
     p.add_argument("--mqtt", metavar="URL", help="broker mqtt://[user@]host:port or mqtts://..., overrides the "
                    "config; password from EDGECAM_MQTT_PASSWORD (default: config's mqtt section)")
     p.add_argument("--camera", metavar="NAME", help="camera name in topics and events (default: config's, 'camera')")

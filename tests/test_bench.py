@@ -178,3 +178,21 @@ def test_bench_bad_arguments_are_one_line_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "nope.onnx" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = edgecam("bench", str(tmp_path / "nope.mp4"))
     assert r.returncode == 2 and "nope.mp4" in r.stderr
+
+
+def test_plot_title_counts_frames_per_pass_and_legend_clears_the_axis() -> None:
+    from edgecam.bench import plot_figure, plot_title
+
+    run = {"detector": {"label": "ours: face_detector"}, "threads": 1, "fps": 250.0,
+           "stage_ms_per_frame": {"source": 0.2, "motion": 0.2, "detect": 2.0, "track": 0.1}}
+    result = {"video": "/x/corridor.mp4", "frame_size": [480, 270], "frames": 152, "passes": 2,
+              "runs": [run, {**run, "threads": 2}]}
+    assert plot_title(result) == "edgecam bench: corridor.mp4 (480x270), 76 frames x 2 passes"
+    assert plot_title({**result, "frames": 76, "passes": 1}).endswith("76 frames x 1 pass")
+    fig = plot_figure(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.x0 >= ax.get_window_extent(renderer).x1  # beside the bars
+    assert not legend.overlaps(ax.xaxis.get_tightbbox(renderer))  # clear of the x axis and its label

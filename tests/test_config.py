@@ -218,3 +218,28 @@ def test_overrides_camera_and_mqtt() -> None:
 def test_demo_config_passes() -> None:
     cfg = load_config(REPO / "deploy" / "configs" / "demo.yaml")
     assert cfg.recognizer is not None and cfg.recognizer.gallery is None
+
+
+def test_example_config_spells_out_the_mqtt_section_with_its_defaults() -> None:
+    from edgecam.mqtt_config import MqttConfig
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    assert set(Config.model_fields) - set(data) == {"recognizer"}  # every section but the commented-out one
+    mqtt = data["mqtt"]
+    defaults = MqttConfig(host="x")
+    assert mqtt["host"] == "127.0.0.1"
+    for key, value in mqtt.items():
+        if key != "host":
+            assert value == getattr(defaults, key), key
+    missing = set(MqttConfig.model_fields) - set(mqtt)  # shown commented out: optional, no default value
+    assert missing == {"username", "password_file", "tls", "client_id"}
+
+
+def test_run_config_help_says_it_is_required() -> None:
+    r = subprocess.run([sys.executable, "-m", "edgecam", "run", "--help"], capture_output=True, text=True,
+                       timeout=60)
+    text = " ".join(r.stdout.split())
+    assert "--config CONFIG YAML config file (required)" in text and "built-in defaults" not in text
+    r = subprocess.run([sys.executable, "-m", "edgecam", "replay", "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert "built-in defaults" in " ".join(r.stdout.split())
