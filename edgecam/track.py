@@ -11,9 +11,10 @@ Used in two steps per frame on which the detector ran:
 
 A track is confirmed (event ``new``) after ``min_hits`` detections of which ``confirm_hits`` scored at least
 ``confirm_score`` (a face with confidence: lamps, flames and torsos that the detector scores just above its
-threshold never become events), and ends (event ``end``) after ``max_age`` detector runs without one. An ``update`` is sent when the voted identity changes, or when the best snapshot
-improved and ``update_interval_s`` has passed since the track's last event. Frames on which the detector
-did not run (the motion gate saw a still scene) do not age tracks. The best snapshot is the observation with
+threshold never become events), and ends (event ``end``) after ``max_age`` detector runs without one. An
+``update`` is sent when the voted identity changes, or when the best snapshot improved and
+``update_interval_s`` has passed since the track's last event. Frames on which the detector did not run (the
+motion gate saw a still scene) do not age tracks. The best snapshot is the observation with
 the largest detector score x face size x crop sharpness. ``flush()`` ends every track (end of a replay,
 daemon stop).
 """

@@ -15,7 +15,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-
 from conftest import wait_until
 
 from edgecam.config import OpenCVSourceConfig, PiCamera2SourceConfig
