@@ -212,3 +212,25 @@ def test_replay_to_an_unreachable_broker_says_so_and_exits_1(tmp_path: Path) -> 
         [(rows,)] = db.execute("select count(*) from outbox").fetchall()
     assert queued > 0 and rows == queued
     assert "Traceback" not in r.stderr
+
+
+SHARED_VIDEO = REPO.parent / "shared" / "data" / "video"
+
+
+@needs_detector
+@pytest.mark.skipif(not SHARED_VIDEO.is_dir(), reason="../shared/data/video not here")
+@pytest.mark.parametrize(("clip", "people"), [
+    ("intel_face-demographics-walking.gif", 2),  # a man missed for 2 frames while he walks left
+    ("intel_head-pose-face-detection-female-and-male.gif", 2),  # a woman missed for 8 frames while she tilts
+])
+def test_one_person_one_track_through_short_misses(tmp_path: Path, clip: str, people: int) -> None:
+    def tracks(*config: str) -> int:
+        events = tmp_path / "e.jsonl"
+        r = edgecam("replay", str(SHARED_VIDEO / clip), "--events", str(events), "--no-progress", *config)
+        assert r.returncode == 0, r.stderr
+        return len({e["id"] for e in events_of(events.read_text())})
+
+    old = tmp_path / "old.yaml"  # the tracker before: IoU only, 8 runs, no confidence gate
+    old.write_text("tracker:\n  match_distance: 0\n  max_age: 8\n  confirm_score: 0\n")
+    assert tracks() == people
+    assert tracks("--config", str(old)) >= people
