@@ -11,6 +11,9 @@ centre) -> ``edgecam.crops.align`` -> 112x112, stored RGB uint8. Landmark source
 LFW people are split by a seeded permutation of the sorted names (``split_people``): ``eval`` (held out from
 all training, verification pairs and open-set identification), ``calib`` (threshold calibration only) and
 ``train`` (distillation crops, and the identity labels of the student trained without the teacher).
+CelebA (``runs/data/celeba``, staged by ``python -m training.fetched --set celeba``) is split by identity
+(``celeba_split``): 1,000 seeded identities are ``eval`` (never train or calibrate on them), the rest ``train``.
+``identity/lfw_few`` people are strangers for threshold calibration (``training.recognizer.calibrate``).
 
 Steps (outputs under ``--out``, default ``runs/recognizer/data``; both resumable)::
 
@@ -47,6 +50,7 @@ SHARED = REPO / "../shared"
 DEFAULT_OUT = REPO / "runs/recognizer/data"
 SPLIT_SEED = 20240601
 SPLIT_SIZES = {"eval": 100, "calib": 40}  # the rest of the people are "train"
+CELEBA_EVAL = 1000  # CelebA identities held out of all training and calibration (the rest are "train")
 
 
 def split_people(names: list[str], seed: int = SPLIT_SEED) -> dict[str, str]:
@@ -55,6 +59,20 @@ def split_people(names: list[str], seed: int = SPLIT_SEED) -> dict[str, str]:
     n_eval, n_calib = SPLIT_SIZES["eval"], SPLIT_SIZES["calib"]
     return {str(p): "eval" if i < n_eval else "calib" if i < n_eval + n_calib else "train"
             for i, p in enumerate(order)}
+
+
+def celeba_split(identity_file: Path, seed: int = SPLIT_SEED) -> dict[str, str]:
+    """CelebA image name -> split ('eval' | 'train'), by identity: a seeded ``CELEBA_EVAL`` identities are 'eval'.
+
+    ``identity_file`` has one ``image identity`` line per image (``celeba_first10k_identity.txt``, after a
+    header); the eval identities are drawn from the sorted identities of that file, so the split does not depend
+    on which images were staged.
+    """
+    rows = [r for r in (line.split() for line in identity_file.read_text().splitlines()) if len(r) == 2
+            and r[1].isdigit()]  # the file starts with a header line ``img label``
+    ids = sorted({r[1] for r in rows}, key=int)
+    held = {str(i) for i in np.random.default_rng(seed).permutation(ids)[:CELEBA_EVAL]}
+    return {r[0]: "eval" if r[1] in held else "train" for r in rows}
 
 
 def lfw_people(root: Path) -> dict[str, list[Path]]:

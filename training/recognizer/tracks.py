@@ -1,0 +1,336 @@
+"""Identity over a track: pseudo-tracks of real photos of one person through the daemon's per-frame pipeline.
+
+A pseudo-track is a person walking up to the camera, made of real photos: frame k shows one of the person's
+photos (a different photo every ``frames_per_photo`` frames: pose, light and expression change), scaled so the
+face box side grows geometrically from ``start_px`` to ``end_px`` (never above the photo's own size), centred on
+a grey ``frame_w`` x ``frame_h`` frame; the first ``degraded`` frames are also blurred (Gaussian sigma falling
+from ``blur`` towards 0) and JPEG-compressed at quality ``jpeg`` (far, moving, low-resolution).
+
+Each frame goes through ``edgecam.pipeline.Pipeline`` (the daemon's own code: detector -> tracker.assign ->
+align -> quality gate -> recognizer while the track wants votes -> tracker.update; motion gate off, config
+defaults otherwise), and its events are scored per track:
+
+- a genuine track (an enrolled person): ``right`` when the last event names the person and no event ever named
+  anyone else, ``wrong`` when an event named someone else, else ``not_named``; ``right_once`` when ``right`` and
+  no event said ``unknown`` before the name came (a door automation would have announced a stranger first);
+- a stranger track: ``wrong`` when an event named anyone, ``unknown`` when the last event says unknown,
+  ``uncertain`` otherwise;
+- ``no_event``: the track was never confirmed (counted apart, in neither).
+
+``replay_votes`` re-scores the same detections and recognitions under another voting rule (``weighted_vote``,
+the quality-weighted rule proposed for ``edgecam.track``), mirroring the tracker's event rule; with the
+tracker's own rule it reproduces the pipeline's events, which ``run_tracks`` checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edgecam.config import Config, MotionConfig, RecognizerConfig
+from edgecam.crops import Quality, QualityGate, align
+from edgecam.detect import FaceDetector
+from edgecam.pipeline import Pipeline
+from edgecam.recognize import EmbeddingRecognizer
+from edgecam.sources import Frame
+from edgecam.track import Vote, vote
+from training.recognizer.stills import central_index
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """How pseudo-tracks are made."""
+
+    frames: int = 12  # frames per track (the daemon's recognizer.max_votes is 10: the last ones may not vote)
+    frames_per_photo: int = 4  # consecutive frames showing the same photo
+    start_px: float = 20.0  # face box side in the first frame
+    end_px: float = 112.0  # ... in the last frame (at most the photo's own face size)
+    degraded: int = 5  # first frames blurred and JPEG-compressed
+    blur: float = 2.0  # Gaussian sigma of the first frame, falling linearly to 0 at frame ``degraded``
+    jpeg: int = 40  # JPEG quality of the degraded frames
+    frame_w: int = 320
+    frame_h: int = 240
+    fps: float = 5.0  # frame timestamps (detector runs per second)
+
+
+@dataclass
+class TrackSpec:
+    """One pseudo-track: whose photos, whether that person is enrolled, and the photos (BGR) with face sizes."""
+
+    person: str
+    enrolled: bool
+    kind: str  # "genuine" | a stranger set name
+    photos: list[np.ndarray]
+    sides: list[float]  # face box side in each photo
+
+
+def make_frames(spec: TrackSpec, cfg: TrackConfig) -> list[np.ndarray]:
+    """The track's frames (BGR, ``frame_h`` x ``frame_w`` or larger when a photo is)."""
+    px = cfg.start_px * (cfg.end_px / cfg.start_px) ** (np.arange(cfg.frames) / max(cfg.frames - 1, 1))
+    frames = []
+    for k in range(cfg.frames):
+        j = (k // cfg.frames_per_photo) % len(spec.photos)
+        photo, f = spec.photos[j], min(1.0, px[k] / max(spec.sides[j], 1.0))
+        img = cv2.resize(photo, (max(1, round(photo.shape[1] * f)), max(1, round(photo.shape[0] * f))),
+                         interpolation=cv2.INTER_AREA) if f < 1 else photo
+        if k < cfg.degraded:
+            sigma = cfg.blur * (1 - k / cfg.degraded)
+            img = cv2.GaussianBlur(img, (0, 0), sigma) if sigma > 0 else img
+            img = np.asarray(cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg])[1],
+                                          cv2.IMREAD_COLOR))
+        h, w = max(cfg.frame_h, img.shape[0]), max(cfg.frame_w, img.shape[1])
+        frame = np.full((h, w, 3), 128, np.uint8)
+        y, x = (h - img.shape[0]) // 2, (w - img.shape[1]) // 2
+        frame[y:y + img.shape[0], x:x + img.shape[1]] = img
+        frames.append(frame)
+    return frames
+
+
+def _key(a: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+
+
+class RecordingDetector:
+    """The detector with a cache by frame content (passes over the same frames run it once)."""
+
+    def __init__(self, det: FaceDetector) -> None:
+        self.det, self.seen = det, 0
+        self.cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = _key(bgr)
+        if k not in self.cache:
+            self.cache[k] = self.det(bgr)
+            self.seen += 1
+        return self.cache[k]
+
+    def close(self) -> None:
+        pass
+
+
+class CachedRecognizer(EmbeddingRecognizer):
+    """The runtime identity recognizer with embeddings cached by crop content (thresholds and gallery set by
+    the caller); not registered as a recognizer kind."""
+
+    kind = ""
+
+    def __init__(self, rec: EmbeddingRecognizer, cache: dict[bytes, np.ndarray]) -> None:
+        self.__dict__.update(rec.__dict__)  # the loaded session, gallery and thresholds, shared
+        self.cache = cache  # crop key -> embedding, shared by the passes of one model
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        keys = [_key(c) for c in crops]
+        todo = [i for i, k in enumerate(keys) if k not in self.cache]
+        if todo:
+            for i, e in zip(todo, super().embed([crops[i] for i in todo]), strict=True):
+                self.cache[keys[i]] = e
+        return np.stack([self.cache[k] for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------- the daemon's path
+
+
+def daemon_config() -> Config:
+    """The daemon's default config with the motion gate off (every pseudo-frame is a detector run)."""
+    return Config(motion=MotionConfig(enabled=False), recognizer=RecognizerConfig())
+
+
+def run_pipeline(frames: list[np.ndarray], det: RecordingDetector, rec: EmbeddingRecognizer, cfg: Config,
+                 fps: float) -> list[dict[str, Any]]:
+    """Event payloads of one track's frames through a fresh ``Pipeline``."""
+    pipe = Pipeline(cfg, det, rec, run_id="pseudo")
+    events = []
+    for k, bgr in enumerate(frames):
+        events += [e.payload for e in pipe.process(Frame(k, k / fps, bgr))]
+    events += [e.payload for e in pipe.finish(Frame(len(frames), len(frames) / fps, frames[-1]))]
+    return events
+
+
+def outcome(events: list[dict[str, Any]], person: str, enrolled: bool) -> str:
+    """A track's verdict from its events (see the module docstring)."""
+    if not events:
+        return "no_event"
+    named = [e["identity"] for e in events if e["status"] == "known"]
+    if enrolled:
+        if any(n != person for n in named):
+            return "wrong"
+        last = events[-1]
+        if last["status"] == "known" and last["identity"] == person:
+            first = next(i for i, e in enumerate(events) if e["status"] == "known")
+            return "right" if any(e["status"] == "unknown" for e in events[:first]) else "right_once"
+        return "not_named"
+    if named:
+        return "wrong"
+    return "unknown" if events[-1]["status"] == "unknown" else "uncertain"
+
+
+def sequence(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (identity, status) a track published, in order, repeats dropped (snapshot-only updates)."""
+    out: list[tuple[str, str]] = []
+    for e in events:
+        if not out or out[-1] != (e["identity"], e["status"]):
+            out.append((e["identity"], e["status"]))
+    return out
+
+
+def rates(verdicts: list[str], enrolled: bool) -> dict[str, float | int]:
+    """Per-track rates of the verdicts (``right`` includes ``right_once``), over tracks with an event."""
+    n = sum(v != "no_event" for v in verdicts)
+    share = (lambda k: round(sum(v in k for v in verdicts) / n, 4) if n else float("nan"))  # noqa: E731
+    out: dict[str, float | int] = {"tracks": len(verdicts), "no_event": sum(v == "no_event" for v in verdicts)}
+    if enrolled:
+        out.update(named_right=share(("right", "right_once")), named_right_once=share(("right_once",)),
+                   named_wrong=share(("wrong",)), not_named=share(("not_named",)))
+    else:
+        out.update(named_wrong=share(("wrong",)), unknown=share(("unknown",)), uncertain=share(("uncertain",)))
+    return out
+
+
+# ------------------------------------------------------------------------------ votes, recorded and replayed
+
+
+@dataclass
+class FrameRecord:
+    """The central face of one frame as the pipeline saw it: detector score, quality and the recognizer's answer
+    (``vote`` is set for every crop that passes the gate, whether or not the runtime would have asked)."""
+
+    score: float
+    quality: Quality
+    vote: Vote | None = None
+
+
+@dataclass
+class Recorded:
+    """One track's frames as records (None: no face detected)."""
+
+    spec_index: int
+    frames: list[FrameRecord | None] = field(default_factory=list)
+
+
+def record(frames: list[np.ndarray], det: RecordingDetector, rec: EmbeddingRecognizer, gate: QualityGate,
+           index: int) -> Recorded:
+    """Records of the central face of each frame, with a vote for every crop that passes the quality gate."""
+    out = Recorded(index)
+    for bgr in frames:
+        boxes, lms = det(bgr)
+        if len(boxes) == 0:
+            out.frames.append(None)
+            continue
+        k = central_index(boxes, bgr.shape)
+        crop = align(bgr, lms[k], rec.input_size)
+        q = gate(crop, boxes[k], lms[k])
+        r = FrameRecord(float(boxes[k][4]), q)
+        if q.ok:
+            ident = rec([crop])[0]
+            r.vote = Vote(ident.name, ident.status, ident.score)
+        out.frames.append(r)
+    return out
+
+
+VoteRule = Callable[[list[Vote], list[float]], tuple[str, str, float]]
+
+
+def tracker_rule(votes: list[Vote], weights: list[float]) -> tuple[str, str, float]:
+    """``edgecam.track.vote`` (weights ignored): the runtime's rule."""
+    return vote(votes)
+
+
+def quality_weight(q: Quality, full_px: float = 64.0, full_sharpness: float = 100.0) -> float:
+    """Weight of a vote from its crop's quality: face size and sharpness, each ramping to 1 at ``full_*``."""
+    return float(min(1.0, q.size / full_px) ** 2 * min(1.0, q.sharpness / full_sharpness))
+
+
+def weighted_vote(votes: list[Vote], weights: list[float], min_weight: float = 1.0) -> tuple[str, str, float]:
+    """Proposed rule: ``edgecam.track.vote`` with each vote counting its quality weight instead of 1, and no name
+    before the track's votes weigh ``min_weight`` (one good crop) in all: until then ``uncertain``."""
+    tally: dict[str, float] = {}
+    for v, w in zip(votes, weights, strict=True):
+        label = v.name if v.status == "known" else "unknown" if v.status == "unknown" else None
+        if label is not None:
+            tally[label] = tally.get(label, 0.0) + w
+    total = sum(weights)
+    if not tally:
+        return "unknown", "uncertain" if votes else "unknown", 0.0
+    winner = max(tally, key=lambda k: tally[k])
+    share = tally[winner] / total if total > 0 else 0.0
+    if total < min_weight:
+        return (winner if winner != "unknown" else "unknown"), "uncertain", round(share, 3)
+    if winner == "unknown":
+        return "unknown", "unknown", round(share, 3)
+    return winner, "known" if share >= 0.5 else "uncertain", round(share, 3)
+
+
+def replay_votes(rec: Recorded, cfg: Config, rule: VoteRule, best_votes: bool) -> list[dict[str, Any]]:
+    """The events (type, identity, status) of one recorded track under a voting rule, by the tracker's event
+    rule: ``new`` once confirmed, ``update`` when the voted (identity, status) changes, ``end`` at the end.
+
+    ``best_votes`` False: the runtime's budget (the first ``max_votes`` crops that pass the gate vote);
+    True: the best ``max_votes`` by quality weight (a better crop replaces the worst vote kept).
+    """
+    t, max_votes = cfg.tracker, cfg.recognizer.max_votes if cfg.recognizer else 0
+    votes: list[Vote] = []
+    weights: list[float] = []
+    hits = confident = 0
+    confirmed, identity = False, ("unknown", "unknown", 0.0)
+    events: list[dict[str, Any]] = []
+    for r in rec.frames:
+        if r is None:
+            continue
+        hits, confident = hits + 1, confident + (r.score >= t.confirm_score)
+        if r.vote is not None:
+            w = quality_weight(r.quality)
+            if len(votes) < max_votes:
+                votes.append(r.vote)
+                weights.append(w)
+            elif best_votes and w > min(weights):
+                j = int(np.argmin(weights))
+                votes[j], weights[j] = r.vote, w
+        previous, identity = identity, rule(votes, weights)
+        if not confirmed:
+            if hits >= t.min_hits and confident >= t.confirm_hits:
+                confirmed = True
+                events.append({"type": "new", "identity": identity[0], "status": identity[1]})
+        elif identity[:2] != previous[:2]:
+            events.append({"type": "update", "identity": identity[0], "status": identity[1]})
+    if confirmed:
+        events.append({"type": "end", "identity": identity[0], "status": identity[1]})
+    return events
+
+
+def run_tracks(specs: list[TrackSpec], det: FaceDetector, recs: dict[str, EmbeddingRecognizer],
+               cfg: TrackConfig, subsets: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """Every spec through the pipeline with each recognizer (``subsets``: the spec indices a recognizer runs on,
+    default all), and the same detections and recognitions under the proposed rule. Returns the figures."""
+    dcfg, gate = daemon_config(), QualityGate.from_config(daemon_config().crops)
+    rdet = RecordingDetector(det)
+    result: dict[str, Any] = {}
+    caches: dict[str, dict[bytes, np.ndarray]] = {}
+    for name, rec in recs.items():
+        idx = (subsets or {}).get(name, list(range(len(specs))))
+        cached = CachedRecognizer(rec, caches.setdefault(str(rec.manifest.data["sha256"]), {}))
+        verdicts: dict[str, dict[str, list[str]]] = {"runtime": {}, "proposed": {}, "replayed": {}}
+        agree = 0
+        for i in tqdm(idx, desc=f"tracks {name}", mininterval=5):
+            s = specs[i]
+            frames = make_frames(s, cfg)
+            events = run_pipeline(frames, rdet, cached, dcfg, cfg.fps)
+            recd = record(frames, rdet, cached, gate, i)
+            same = replay_votes(recd, dcfg, tracker_rule, best_votes=False)
+            prop = replay_votes(recd, dcfg, weighted_vote, best_votes=True)
+            agree += sequence(events) == sequence(same)
+            for key, evs in (("runtime", events), ("proposed", prop), ("replayed", same)):
+                verdicts[key].setdefault(s.kind, []).append(outcome(evs, s.person, s.enrolled))
+        result[name] = {rule: {kind: rates(v, kind == "genuine") for kind, v in per.items()}
+                        for rule, per in verdicts.items() if rule != "replayed"}
+        result[name]["replay_matches_pipeline"] = round(agree / max(len(idx), 1), 4)
+    result["detector_frames"] = rdet.seen
+    return result
