@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgecam import MODELS_DIR
-from edgecam.detect import FaceDetector, decode, nms
+from edgecam.detect import FaceDetector, decode, nms, suppress_inner
 from edgecam.manifest import ModelError, load_manifest
 
 MODEL = MODELS_DIR / "face_detector"
@@ -119,6 +119,23 @@ def test_finds_grace_hopper_with_ordered_landmarks(det: FaceDetector) -> None:
     assert left_eye[0] < nose[0] < right_eye[0]  # image-left eye first
     assert max(left_eye[1], right_eye[1]) < nose[1] < mouth[1]
     assert np.all((lms[0] > [x1, y1]) & (lms[0] < [x2, y2]))
+
+
+def test_suppress_inner_drops_a_part_of_a_bigger_face() -> None:
+    boxes = np.array([[0, 0, 100, 100], [40, 40, 55, 55], [90, 0, 120, 30], [200, 0, 215, 15]], np.float32)
+    # the nose box (inside, smaller, lower score) goes; a box overlapping the edge and a lone box stay
+    assert list(suppress_inner(boxes, np.array([0.9, 0.5, 0.6, 0.4]))) == [0, 2, 3]
+    # a part that scores higher than the big box is kept (the big box may be the false one)
+    assert list(suppress_inner(boxes, np.array([0.5, 0.9, 0.6, 0.4]))) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("fx", [1.6, 2.4])
+def test_coarse_pass_finds_a_face_filling_the_frame(fx: float) -> None:
+    img = cv2.resize(grace_hopper(), None, fx=fx, fy=fx, interpolation=cv2.INTER_LINEAR)  # face ~400-600 px
+    ref, _ = FaceDetector("face_detector", coarse_side=0)(cv2.resize(img, None, fx=0.25, fy=0.25))
+    boxes, _ = FaceDetector("face_detector", coarse_side=160, max_side=4000)(img)
+    assert len(boxes) >= 1 and boxes[0, 4] > 0.6, boxes
+    np.testing.assert_allclose(boxes[0, :4], ref[0, :4] * 4, atol=0.15 * (ref[0, 2] - ref[0, 0]) * 4)
 
 
 def test_boxes_are_in_original_pixels_and_flip_keeps_eye_order(det: FaceDetector) -> None:

@@ -163,7 +163,7 @@ def photometric(img: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np
     x = (x - 128.0) * rng.uniform(0.5, 1.5) + 128.0 + rng.uniform(-40, 40)
     x = np.clip(x, 0, 255)
     if rng.random() < cfg.dark_p:
-        x = x * rng.uniform(0.1, 0.4) + rng.normal(0, rng.uniform(1, 4), x.shape)
+        x = np.clip(x * rng.uniform(0.1, 0.4) + rng.normal(0, rng.uniform(1, 4), x.shape), 0, 255)
     if rng.random() < cfg.gamma_p:
         x = 255.0 * (x / 255.0) ** rng.uniform(0.5, 2.0)
     if rng.random() < cfg.blur_p:
