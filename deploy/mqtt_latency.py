@@ -124,8 +124,8 @@ def run_replay(port: int, clip: Path, repeat: int, camera: str, config: Path | N
 def run_synthetic(port: int, n: int, rate: float, camera: str, fsync: bool) -> dict[str, Any]:
     """3b. The Publisher alone: publish_event -> PUBACK."""
     sys.path.insert(0, str(ROOT))
-    from edgecam.mqtt_config import MqttConfig
-    from edgecam.publish import Publisher
+    from edgecam.mqtt.config import MqttConfig
+    from edgecam.mqtt.publish import Publisher
 
     sub = Subscriber(port, f"edgecam/{camera}/events")
     with tempfile.TemporaryDirectory() as state:

@@ -25,9 +25,9 @@ import numpy as np
 from edgecam import EdgecamError, notify
 from edgecam.config import Config, ReplaySourceConfig
 from edgecam.crops import QualityGate, snapshot_crop
+from edgecam.mqtt.topics import DETECTION_STATE, FACES_STATE
 from edgecam.pipeline import Detector, Pipeline, Recognizer, enrolled_people, load_detector, load_recognizer
 from edgecam.sources import EndOfStream, Frame, Source, make_source
-from edgecam.topics import DETECTION_STATE, FACES_STATE
 from edgecam.track import Event
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,11 @@ class App:
     Args:
         cfg: The validated config.
         source: Frame source (default: built from ``cfg.camera.source``).
-        publisher: An ``edgecam.publish.Publisher``-like object (default: built from ``cfg.mqtt`` when set).
+        publisher: An ``edgecam.mqtt.publish.Publisher``-like object (default: built from ``cfg.mqtt`` when set).
         events_path: Also write events as JSON lines to this file.
         stdout: Where events go as JSON lines when there is no broker (default ``sys.stdout``).
         detector, recognizer: Preloaded models (default: loaded from ``cfg``; owned, and closed, by the caller).
-        show: An ``edgecam.show.Show`` (annotated video, report): an output, and called for every frame.
+        show: An ``edgecam.tools.show.Show`` (annotated video, report): an output, and called for every frame.
         progress: An ``edgecam.progress.Progress``: called for every frame, closed when the worker ends.
     """
 
@@ -194,7 +194,7 @@ class App:
     def init_publisher(self) -> None:
         """Start the MQTT publisher (returns at once; a broker that is away is buffered for, not waited on)."""
         if self.publisher is None and self.cfg.mqtt is not None:
-            from edgecam.publish import Publisher
+            from edgecam.mqtt.publish import Publisher
 
             self.publisher = Publisher(self.cfg.mqtt, self.cfg.camera.name, self.cfg.state_dir)
             self.publisher.start()

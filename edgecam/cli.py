@@ -189,7 +189,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     events = Path(args.events) if args.events else None
     show = None
     if args.annotate or args.report:
-        from edgecam.show import Show
+        from edgecam.tools.show import Show
 
         show = Show(Path(args.video), Path(args.annotate) if args.annotate else None,
                     Path(args.report) if args.report else None)
@@ -235,7 +235,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the pipeline and its stages on this machine."""
-    from edgecam.bench import bench, parse_threads, print_table
+    from edgecam.tools.bench import bench, parse_threads, print_table
 
     cfg = _load_config(args)
     result = bench(cfg, Path(args.video), frames=args.frames, threads=parse_threads(args.threads),
@@ -245,7 +245,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print_table(result)
     if args.plot:
-        from edgecam.bench import plot
+        from edgecam.tools.bench import plot
 
         logger.info("bench plot: %s", plot(result, Path(args.plot)))
     return 0
@@ -253,7 +253,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_models_verify(args: argparse.Namespace) -> int:
     """Check every shipped model (or the named ones) against its model.json; exit 2 when one fails."""
-    from edgecam.verify import print_verdicts, verdicts_json, verify
+    from edgecam.tools.verify import print_verdicts, verdicts_json, verify
 
     verdicts = verify(args.models)
     if args.json:

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from edgecam import EdgecamError
-from edgecam.mqtt_config import MqttConfig, config_from_url, mask_secrets
+from edgecam.mqtt.config import MqttConfig, config_from_url, mask_secrets
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SECRET_KEYS = ("password", "secret", "token", "key")

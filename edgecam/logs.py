@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from edgecam.mqtt_config import install_secret_filter
+from edgecam.mqtt.config import install_secret_filter
 
 
 def setup_logging(level: str) -> None:

@@ -105,7 +105,7 @@ class Pipeline:
         self.detection_enabled = cfg.detector.enabled
         self.timer = StageTimer()
         self.counts = PipelineCounts()
-        self.last_observations: list[Observation] = []  # the detections of the last frame (for edgecam.show)
+        self.last_observations: list[Observation] = []  # the detections of the last frame (for edgecam.tools.show)
 
     def process(self, frame: Frame) -> list[Event]:
         """Run the stages on one frame; the events it produced."""

@@ -39,7 +39,7 @@ import numpy as np
 from edgecam import EdgecamError
 from edgecam.crops import QualityGate, align
 from edgecam.manifest import Manifest, ModelError, load_manifest, session, to_tensor
-from edgecam.topics import RESERVED_PERSON_NAMES
+from edgecam.mqtt.topics import RESERVED_PERSON_NAMES
 
 logger = logging.getLogger(__name__)
 

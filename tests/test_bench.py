@@ -14,10 +14,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecam import MODELS_DIR, EdgecamError
-from edgecam.baseline import YuNetDetector, detector_info
-from edgecam.bench import attention, parse_threads
-from edgecam.macs import macs
 from edgecam.manifest import sha256_file
+from edgecam.tools.baseline import YuNetDetector, detector_info
+from edgecam.tools.bench import attention, parse_threads
+from edgecam.tools.macs import macs
 
 REPO = Path(__file__).resolve().parents[1]
 YUNET = REPO.parent / "shared" / "models" / "anchors" / "face_detection_yunet_2023mar_int8bq.onnx"
@@ -181,7 +181,7 @@ def test_bench_bad_arguments_are_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_plot_title_counts_frames_per_pass_and_legend_clears_the_axis() -> None:
-    from edgecam.bench import plot_figure, plot_title
+    from edgecam.tools.bench import plot_figure, plot_title
 
     run = {"detector": {"label": "ours: face_detector"}, "threads": 1, "fps": 250.0,
            "stage_ms_per_frame": {"source": 0.2, "motion": 0.2, "detect": 2.0, "track": 0.1}}

@@ -221,7 +221,7 @@ def test_demo_config_passes() -> None:
 
 
 def test_example_config_spells_out_the_mqtt_section_with_its_defaults() -> None:
-    from edgecam.mqtt_config import MqttConfig
+    from edgecam.mqtt.config import MqttConfig
 
     data = yaml.safe_load(EXAMPLE.read_text())
     assert set(Config.model_fields) - set(data) == {"recognizer"}  # every section but the commented-out one

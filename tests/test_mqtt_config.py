@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edgecam.mqtt_config import (
+from edgecam.mqtt.config import (
     MqttConfig,
     MqttSecretError,
     MqttUrlError,
@@ -20,7 +20,7 @@ from edgecam.mqtt_config import (
     parse_mqtt_url,
     register_secret,
 )
-from edgecam.topics import CommandError, Topics, device_id, discovery_topic, parse_command
+from edgecam.mqtt.topics import CommandError, Topics, device_id, discovery_topic, parse_command
 
 
 def errors(**kw: object) -> str:

@@ -17,8 +17,8 @@ import pytest
 from conftest import Broker, Collector, wait_until
 from test_publish import CAM, make_cfg
 
-from edgecam.publish import Publisher
-from edgecam.topics import device_id
+from edgecam.mqtt.publish import Publisher
+from edgecam.mqtt.topics import device_id
 
 DISCOVERY = f"homeassistant/device/{device_id(CAM)}/config"
 
@@ -174,8 +174,8 @@ DAEMON = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from edgecam.mqtt_config import MqttConfig
-    from edgecam.publish import Publisher
+    from edgecam.mqtt.config import MqttConfig
+    from edgecam.mqtt.publish import Publisher
     cfg = MqttConfig(host="127.0.0.1", port=int(sys.argv[1]), keepalive=5, reconnect_min_s=0.1)
     p = Publisher(cfg, "door", Path(sys.argv[2]))
     p.start()
@@ -321,7 +321,7 @@ def _ha_python() -> str | None:
 @pytest.mark.skipif(_ha_python() is None, reason="Home Assistant not importable: set EDGECAM_HA_PYTHON to a Python "
                     "with homeassistant==2025.4.* installed (it needs Python >= 3.13; see README)")
 def test_discovery_payloads_pass_home_assistants_own_schemas(tmp_path: Path) -> None:
-    from edgecam.topics import Topics, discovery_config
+    from edgecam.mqtt.topics import Topics, discovery_config
 
     payloads = {
         "default prefix, people": discovery_config(Topics("edgecam", CAM), ["alice", "Bob Smith"], qos=1),

@@ -23,7 +23,7 @@ import pytest
 from conftest import Broker, Collector, Message
 
 from edgecam import MODELS_DIR
-from edgecam.topics import device_id
+from edgecam.mqtt.topics import device_id
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "edgecam" / "data" / "corridor.mp4"

@@ -16,7 +16,7 @@ import pytest
 from conftest import Broker, Collector, free_port, wait_until
 from test_publish import CAM, EVENTS, event, make_cfg
 
-from edgecam.publish import Publisher
+from edgecam.mqtt.publish import Publisher
 
 OPENSSL = shutil.which("openssl")
 PASSWD = shutil.which("mosquitto_passwd")
@@ -87,7 +87,7 @@ def test_tls_wrong_ca_is_refused_with_one_clear_error(
     _, tls_port = tls_broker
     tls = {"ca": pki / "wrongca.crt", "cert": pki / "client.crt", "key": pki / "client.key"}
     pub = Publisher(make_cfg(tls_port, tls=tls), CAM, tmp_path)
-    with caplog.at_level(logging.ERROR, logger="edgecam.publish"):
+    with caplog.at_level(logging.ERROR, logger="edgecam.mqtt.publish"):
         pub.start()
         try:
             assert wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in (pub.status()["last_error"] or ""), 10)
@@ -97,7 +97,8 @@ def test_tls_wrong_ca_is_refused_with_one_clear_error(
             assert pub.status()["queued"] == 1
         finally:
             pub.stop()
-    errors = [r for r in caplog.records if r.name == "edgecam.publish" and "CERTIFICATE_VERIFY_FAILED" in r.message]
+    errors = [r for r in caplog.records
+              if r.name == "edgecam.mqtt.publish" and "CERTIFICATE_VERIFY_FAILED" in r.message]
     assert len(errors) == 1, [r.message for r in errors]  # repeats go to DEBUG
 
 
@@ -160,6 +161,6 @@ def test_wrong_password_one_clear_error_no_crash(
             assert "wrong-password-1" not in json.dumps(status)
         finally:
             pub.stop()
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "edgecam.publish"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "edgecam.mqtt.publish"]
     assert len(errors) == 1 and "refused the connection" in errors[0].getMessage()
     assert "wrong-password-1" not in caplog.text

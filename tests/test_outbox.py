@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import edgecam.outbox as outbox_module
-from edgecam.outbox import Outbox, OutboxError, OutboxSender
+import edgecam.mqtt.outbox as outbox_module
+from edgecam.mqtt.outbox import Outbox, OutboxError, OutboxSender
 
 
 def test_put_after_delete_in_order(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from edgecam.outbox import Outbox
+    from edgecam.mqtt.outbox import Outbox
     box = Outbox(Path(sys.argv[1]), "cam", 1_000_000)
     i = 0
     while True:
@@ -257,7 +257,7 @@ def test_processes_opening_a_new_outbox_at_once_all_succeed(tmp_path: Path) -> N
         code = textwrap.dedent(f"""
             import time
             from pathlib import Path
-            from edgecam.outbox import Outbox
+            from edgecam.mqtt.outbox import Outbox
             time.sleep(max(0.0, {start!r} - time.time()))
             Outbox(Path({str(path)!r}), "cam", 100).put("t", b"x", 1, 0.0)
         """)

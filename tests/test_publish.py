@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import Broker, Collector, Message, free_port, wait_until
 
-from edgecam.outbox import Outbox
-from edgecam.publish import OUTBOX_FILE, MqttConfig, Publisher
+from edgecam.mqtt.outbox import Outbox
+from edgecam.mqtt.publish import OUTBOX_FILE, MqttConfig, Publisher
 
 CAM = "door"
 EVENTS = f"edgecam/{CAM}/events"

@@ -20,8 +20,8 @@ from conftest import read_video
 
 from edgecam import MODELS_DIR
 from edgecam.crops import Quality
-from edgecam.show import Annotator, Report, event_line, identity_text, short_id, status_band, who
 from edgecam.sources import Frame
+from edgecam.tools.show import Annotator, Report, event_line, identity_text, short_id, status_band, who
 from edgecam.track import Event, Observation, Track
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgecam import MODELS_DIR
-from edgecam.verify import check_input_spec, verify_model
+from edgecam.tools.verify import check_input_spec, verify_model
 
 REPO = Path(__file__).resolve().parents[1]
 DETECTOR = MODELS_DIR / "face_detector"

@@ -25,7 +25,7 @@ from faultlib import (
     write_config,
 )
 
-from edgecam.publish import OUTBOX_FILE
+from edgecam.mqtt.publish import OUTBOX_FILE
 
 pytestmark = [needs_mosquitto, pytest.mark.skipif(not HAVE_CLIP_AND_DETECTOR, reason=CLIP_REASON)]
 

@@ -22,7 +22,7 @@ from faultlib import CLIP_REASON, HAVE_CLIP_AND_DETECTOR, Daemon, long_clip, rep
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgecam.topics import MAX_COMMAND_BYTES
+from edgecam.mqtt.topics import MAX_COMMAND_BYTES
 
 pytestmark = [pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed"),
               pytest.mark.skipif(not HAVE_CLIP_AND_DETECTOR, reason=CLIP_REASON)]
@@ -156,7 +156,7 @@ def test_the_daemon_survived_the_fuzz(fuzzed: Fuzzed, fault_report: FaultReport)
 def test_enroll_names_that_collide_with_edgecam_topics_are_refused(name: str) -> None:
     """A person's presence is published on ``<prefix>/<camera>/<name>``: these names would overwrite edgecam's own
     topics (a person called ``face`` would publish ON/OFF over the faces-in-view count)."""
-    from edgecam.topics import CommandError, parse_command
+    from edgecam.mqtt.topics import CommandError, parse_command
 
     with pytest.raises(CommandError, match="reserved"):
         parse_command("enroll", json.dumps({"name": name}).encode(), allow_enroll=True)

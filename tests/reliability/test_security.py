@@ -33,7 +33,7 @@ from faultlib import (
 from paho.mqtt.enums import CallbackAPIVersion
 from test_mqtt_security import OPENSSL, PASSWD, pki  # noqa: F401 - pki is a fixture
 
-from edgecam.mqtt_config import MqttConfig
+from edgecam.mqtt.config import MqttConfig
 
 pytestmark = [needs_mosquitto, pytest.mark.skipif(not HAVE_CLIP_AND_DETECTOR, reason=CLIP_REASON),
               pytest.mark.skipif(OPENSSL is None or PASSWD is None, reason="needs openssl and mosquitto_passwd")]

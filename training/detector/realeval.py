@@ -415,7 +415,7 @@ def replay_clip(video: Path, model: str, detector: Any, recorder: TrackRecorder,
 def replay_tracks(clips: list[Path], ref_det: cv2.FaceDetectorYN, args: argparse.Namespace,
                   out: Path) -> dict[str, Any]:
     """Section 5: tracks and false tracks per clip and detector, with a contact sheet of the tracks."""
-    from edgecam.baseline import YuNetDetector
+    from edgecam.tools.baseline import YuNetDetector
 
     make = {"ours": lambda: None, "YuNet": lambda: YuNetDetector(Path(args.yunet)), "Haar": HaarPipelineDetector}
     rows = []

@@ -34,9 +34,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgecam import EdgecamError
-from edgecam.mqtt_config import MqttConfig, MqttSecretError, install_secret_filter, mask_secrets
-from edgecam.outbox import Outbox, OutboxSender, Row
-from edgecam.topics import (
+from edgecam.mqtt.config import MqttConfig, MqttSecretError, install_secret_filter, mask_secrets
+from edgecam.mqtt.outbox import Outbox, OutboxSender, Row
+from edgecam.mqtt.topics import (
     DETECTION_STATE,
     CommandError,
     Topics,

@@ -208,7 +208,7 @@ def _describe_input(spec: dict[str, Any]) -> str:
 
 
 def _macs(m: Manifest) -> int | None:
-    from edgecam.macs import MacsUnavailable, macs
+    from edgecam.tools.macs import MacsUnavailable, macs
 
     w, h = probe_size(m.input)
     c = COLORS.get(m.input.get("color", ""), 3)

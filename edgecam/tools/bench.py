@@ -31,13 +31,13 @@ import cv2
 
 from edgecam import EdgecamError
 from edgecam.app import encode_jpeg
-from edgecam.baseline import YuNetDetector, detector_info, is_model_folder
 from edgecam.config import Config
-from edgecam.macs import MacsUnavailable, macs
 from edgecam.manifest import load_manifest
 from edgecam.motion import MotionGate
 from edgecam.pipeline import STAGES, Detector, Pipeline, load_detector, load_recognizer
 from edgecam.sources import EndOfStream, Frame, ReplaySource
+from edgecam.tools.baseline import YuNetDetector, detector_info, is_model_folder
+from edgecam.tools.macs import MacsUnavailable, macs
 
 logger = logging.getLogger(__name__)
 
