@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,39 +35,18 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgecam.mqtt.config import MqttConfig
+from edgecam.mqtt.publish import Publisher
+from edgecam.tools.broker import start_mosquitto
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "edgecam" / "data" / "corridor.mp4"
 _ACK_LINE = re.compile(r"PUBACK ([\d.]+) ms after its frame")
 _STOP_LINE = re.compile(r"(\d+) events delivered this run \(frame to PUBACK p50 ([\d.]+|None) ms, p99 ([\d.]+|None)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """1. A mosquitto on a free loopback port with a generated config."""
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nuser {user}\n")
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"mosquitto did not start on port {port}")
-
-
 class Subscriber:
-    """2. Collects the event ids that reach a subscriber."""
+    """1. Collects the event ids that reach a subscriber."""
 
     def __init__(self, port: int, topic: str) -> None:
         self.ids: list[str] = []
@@ -87,7 +64,7 @@ class Subscriber:
 
 
 def run_replay(port: int, clip: Path, repeat: int, camera: str, config: Path | None) -> dict[str, Any]:
-    """3a. Replay the clip through the real CLI; parse the publisher's latency line from its log."""
+    """2a. Replay the clip through the real CLI; parse the publisher's latency line from its log."""
     sub = Subscriber(port, f"edgecam/{camera}/events")
     runs = []
     samples: list[float] = []
@@ -122,11 +99,7 @@ def run_replay(port: int, clip: Path, repeat: int, camera: str, config: Path | N
 
 
 def run_synthetic(port: int, n: int, rate: float, camera: str, fsync: bool) -> dict[str, Any]:
-    """3b. The Publisher alone: publish_event -> PUBACK."""
-    sys.path.insert(0, str(ROOT))
-    from edgecam.mqtt.config import MqttConfig
-    from edgecam.mqtt.publish import Publisher
-
+    """2b. The Publisher alone: publish_event -> PUBACK."""
     sub = Subscriber(port, f"edgecam/{camera}/events")
     with tempfile.TemporaryDirectory() as state:
         pub = Publisher(MqttConfig(host="127.0.0.1", port=port, outbox_fsync=fsync), camera, Path(state))
@@ -139,7 +112,7 @@ def run_synthetic(port: int, n: int, rate: float, camera: str, fsync: bool) -> d
         deadline = time.monotonic() + 30
         while pub.status()["queued"] and time.monotonic() < deadline:
             time.sleep(0.05)
-        lat = np.array(pub._latencies) * 1000.0  # noqa: SLF001 - the raw samples, for a full percentile table
+        lat = np.array(pub.latency_samples()) * 1000.0  # the raw samples, for a full percentile table
         status = pub.status()
         pub.stop()
     time.sleep(0.5)

@@ -40,10 +40,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mqtt_latency import start_mosquitto  # noqa: E402 - a sibling script
-
-from edgecam.sources import EndOfStream, Frame, ReplaySource, Source  # noqa: E402
+from edgecam.sources import EndOfStream, Frame, ReplaySource, Source
+from edgecam.tools.broker import start_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "edgecam" / "data" / "corridor.mp4"

@@ -11,11 +11,8 @@ A quantized folder written by ``deploy/quantize.py`` is checked the same way bef
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edgecam.cli import main  # noqa: E402
+from edgecam.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["models", "verify", *sys.argv[1:]]))

@@ -132,8 +132,7 @@ def test_huffman_sizes() -> None:
 
 @pytest.mark.parametrize("weights_only", [False, True])
 def test_quantize_round_trip(tmp_path: Path, weights_only: bool) -> None:
-    sys.path.insert(0, str(REPO / "deploy"))
-    import quantize  # deploy/quantize.py
+    from edgecam.tools import quantize
 
     m = FaceMobileNet(NetConfig(stem=16, blocks=((64, 2), (128, 1), (128, 2)), stem_stride=2, input_size=32,
                                 emb=16, head="gdc"))  # big enough that weights, not QDQ scales, make the size

@@ -258,8 +258,7 @@ def test_quantize_a_model_of_any_input_size(tmp_path: Path) -> None:
     The bound holds on every x86 CPU because the weights are 7-bit by default: with 8-bit weights this model
     gave cosine 0.9998 on a CPU with VNNI and 0.972 on an AVX2-only one (onnxruntime's int16 pair sums
     saturate there; see test_static_int8_is_exact_on_a_cpu_without_vnni)."""
-    sys.path.insert(0, str(REPO / "deploy"))
-    import quantize  # deploy/quantize.py
+    from edgecam.tools import quantize
 
     any_size_model(tmp_path / "fp32")
     calib = tmp_path / "calib"
@@ -279,11 +278,11 @@ QEMU = shutil.which("qemu-x86_64")
 COMPARE_SCRIPT = """
 import sys, json
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-import numpy as np, quantize
-folder, x = Path(sys.argv[2]), np.load(sys.argv[3])
+import numpy as np
+from edgecam.tools import quantize
+folder, x = Path(sys.argv[1]), np.load(sys.argv[2])
 a = quantize.first_output(folder / "fp32" / "m.onnx", x, "input")
-for name in sys.argv[4:]:
+for name in sys.argv[3:]:
     b = quantize.first_output(folder / name / "m_int8.onnx", x, "input")
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     print(json.dumps({"model": name, "cosine_mean": float(cos.mean())}))
@@ -296,8 +295,7 @@ def test_static_int8_is_exact_on_a_cpu_without_vnni(tmp_path: Path) -> None:
     """The int8 model runs under qemu emulating a Haswell (AVX2, no AVX-512 / VNNI), the CPU class on which
     the 8-bit-weight model of test_quantize_a_model_of_any_input_size fell to cosine 0.972: 7-bit weights
     (the default) agree with fp32 there as they do natively."""
-    sys.path.insert(0, str(REPO / "deploy"))
-    import quantize  # deploy/quantize.py
+    from edgecam.tools import quantize
 
     any_size_model(tmp_path / "fp32")
     any_size_calib(tmp_path / "calib")
@@ -306,9 +304,8 @@ def test_static_int8_is_exact_on_a_cpu_without_vnni(tmp_path: Path) -> None:
     for name, full in (("int8", False), ("int8_full", True)):
         quantize.run(tmp_path / "fp32", tmp_path / "calib", tmp_path / name, None, 20, "minmax",
                      free_size=(300, 200), full_range=full)
-    r = subprocess.run([QEMU, "-cpu", "Haswell-noTSX", sys.executable, "-c", COMPARE_SCRIPT, str(REPO / "deploy"),
-                        str(tmp_path), str(tmp_path / "x.npy"), "int8", "int8_full"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([QEMU, "-cpu", "Haswell-noTSX", sys.executable, "-c", COMPARE_SCRIPT, str(tmp_path),
+                        str(tmp_path / "x.npy"), "int8", "int8_full"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     cos = {d["model"]: d["cosine_mean"] for d in map(json.loads, r.stdout.splitlines())}
     print(f"on an emulated AVX2-only CPU: cosine 7-bit weights {cos['int8']:.4f}, 8-bit {cos['int8_full']:.4f}")

@@ -91,7 +91,6 @@ def test_enroll_rejects_a_picture_without_a_face(tmp_path: Path) -> None:
 
 def lfw_people(n: int, min_images: int = 8) -> list[tuple[str, list[Path]]]:
     """The first eval-split LFW people (never used in training) with at least ``min_images`` images."""
-    sys.path.insert(0, str(REPO))
     from training.recognizer.data import lfw_people as listing
     from training.recognizer.data import split_people
 

@@ -392,6 +392,11 @@ class Publisher:
         """
         self._callbacks.append(callback)
 
+    def latency_samples(self) -> list[float]:
+        """Seconds from each recent event's frame (or ``publish_event``) to its PUBACK, oldest first."""
+        sender = self._sender
+        return list(sender.latencies) if sender is not None else []
+
     def status(self) -> dict[str, Any]:
         """Connection and delivery figures: connected, queued, inflight, delivered, dropped, latency, ..."""
         queued = dropped = 0

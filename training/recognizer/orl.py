@@ -10,7 +10,7 @@
 3. stages, all with the ``training.compress`` toolkit: student (``crop_classifier``: SFace layout at width
    0.25, 64x64 grey input) trained on labels only; the same student distilled (KL on softened teacher
    logits + labels); structured pruning (half the channels) + distillation; low-rank (1x1 convs by SVD:
-   95 % energy, at most 60 % of the parameters) + distillation; int8 (``deploy/quantize.py``) both ways:
+   95 % energy, at most 60 % of the parameters) + distillation; int8 (``edgecam.tools.quantize``) both ways:
    static (int8 weights and activations) and int8 weights only (folded to fp32 at load: shipped, as this
    tiny PReLU net ran many times slower in onnxruntime's integer kernels than in fp32).
 4. the unknown threshold: the softmax probability that 5 % of LFW ``calib`` faces (people not in ORL)
@@ -25,8 +25,6 @@ import json
 import logging
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -35,6 +33,7 @@ import torch
 
 from edgecam.crops import align
 from edgecam.manifest import sha256_file, to_tensor
+from edgecam.tools.quantize import run as quantize
 from training.compress import report as table
 from training.compress.distill import DistillConfig, load_model, train
 from training.compress.export import export_onnx, ort_session
@@ -276,9 +275,11 @@ def main() -> None:
     calib_dir.mkdir()
     for i in tr:
         cv2.imwrite(str(calib_dir / f"{i:04d}.png"), d["c64"][i])
-    for kind, flags in (("int8_static", []), ("int8", ["--weights-only"])):  # the second one is shipped
-        subprocess.run([sys.executable, str(REPO / "deploy/quantize.py"), str(fp32_dir), "--calib", str(calib_dir),
-                        "--out", str(onnx_dir / kind), "--name", "orl_classifier.onnx", *flags], check=True)
+    for kind, weights_only in (("int8_static", False), ("int8", True)):  # the second one is shipped
+        command = (f"python deploy/quantize.py {fp32_dir} --calib {calib_dir} --out {onnx_dir / kind} "
+                   f"--name orl_classifier.onnx" + (" --weights-only" if weights_only else ""))
+        quantize(fp32_dir, calib_dir, onnx_dir / kind, None, 300, "percentile", name="orl_classifier.onnx",
+                 weights_only=weights_only, command=command)
     int8 = onnx_dir / "int8" / "orl_classifier.onnx"
     files = {"student, labels only": onnx_dir / "labels/orl_labels.onnx", "student + KD": onnx_dir / "kd/orl_kd.onnx",
              "+ pruning": onnx_dir / "prune/orl_prune.onnx", "+ low-rank": fp32_dir / "orl_lowrank.onnx",
