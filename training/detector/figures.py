@@ -60,8 +60,10 @@ def contact_sheet(items: Sequence[tuple[np.ndarray, str]], path: Path, title: st
     cols = min(cols, len(shown))
     rows = -(-len(shown) // cols)
     label_h = LINE_H * max(label.count("\n") + 1 for _, label in shown) + 2
-    sheet = np.full((TITLE_H + rows * (cell + label_h), max(cols * cell, 640), 3), BACKGROUND, np.uint8)
-    _text(sheet, f"{title} ({len(shown)} of {len(items)})", (4, 15), 0.45)
+    title = f"{title} ({len(shown)} of {len(items)})"
+    width = max(cols * cell, cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] + 8)
+    sheet = np.full((TITLE_H + rows * (cell + label_h), width, 3), BACKGROUND, np.uint8)
+    _text(sheet, title, (4, 15), 0.45)
     for i, (img, label) in enumerate(shown):
         y, x = TITLE_H + (i // cols) * (cell + label_h), (i % cols) * cell
         sheet[y + 1:y + cell - 1, x + 1:x + cell - 1] = _cell(img, cell - 2)

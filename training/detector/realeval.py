@@ -32,9 +32,10 @@ Sections (outputs under ``--out``: ``realeval.json``, ``table.md``, one PNG per 
 5. **Tracks from replays**: each clip through the daemon pipeline (``edgecam.app.App``: what ``edgecam replay
    VIDEO --events F`` runs, default config with ``detector.model`` = ``--model``), and, side by side, the same
    pipeline with YuNet and with Haar in the detector slot (Haar's landmarks: the template points placed in its
-   box). A track (an id with a ``new`` event) is a face when its detections match a YuNet face (1x and 2x,
-   score >= ``--label-score``) on more than half of the frames it was detected on. Contact sheet per clip
-   and detector: each track's best snapshot with the verdict.
+   box). A track (an id with a ``new`` event) is a face when its detections match a YuNet face (YuNet at 1x and
+   2x on the detection's neighbourhood, the box widened by its size on each side; score >= ``--label-score``)
+   on more than half of the frames it was detected on. Contact sheet per clip and detector: each track's best
+   snapshot with the verdict (frames on a YuNet face / detections, best score).
 6. **Latency**: median ms per 320x240 frame, single thread, detectors interleaved (``evaluate.latency``).
 """
 
@@ -335,10 +336,10 @@ class TrackRecorder:
     per confirmed track, its last event and best snapshot.
 
     Args:
-        label: (frame index, BGR frame) -> the YuNet faces (N, 5) a detection must match.
+        label: (BGR frame, detection box) -> the YuNet faces (N, 5) near the box, one of which it must match.
     """
 
-    def __init__(self, label: Callable[[int, np.ndarray], Boxes]) -> None:
+    def __init__(self, label: Callable[[np.ndarray, np.ndarray], Boxes]) -> None:
         self.label = label
         self.runs = 0
         self.hits: dict[str, list[bool]] = {}
@@ -358,10 +359,9 @@ class TrackRecorder:
         obs = pipeline.last_observations if ran else []
         if not obs:
             return
-        boxes = np.array([ob.box[:5] for ob in obs], np.float32)
-        hit = match(self.label(frame.index, frame.bgr), boxes)[1]
-        for ob, h in zip(obs, hit, strict=True):
-            self.hits.setdefault(ob.track.id, []).append(bool(h))
+        for ob in obs:
+            hit = match(self.label(frame.bgr, ob.box), ob.box[None, :4])[1][0]
+            self.hits.setdefault(ob.track.id, []).append(bool(hit))
             if ob.box[4] > self.best.get(ob.track.id, (-np.inf,))[0]:
                 self.best[ob.track.id] = (float(ob.box[4]), crop(frame.bgr, ob.box))
 
@@ -383,15 +383,20 @@ class TrackRecorder:
         return self.snapshots.get(tid, self.best.get(tid, (0.0, np.zeros((8, 8, 3), np.uint8)))[1])
 
 
-def yunet_labeller(det: cv2.FaceDetectorYN, min_score: float) -> Callable[[int, np.ndarray], Boxes]:
-    """(frame index, bgr) -> YuNet faces at 1x and 2x scoring >= ``min_score``, cached by frame index (one clip)."""
-    cache: dict[int, Boxes] = {}
+def yunet_near(det: cv2.FaceDetectorYN, min_score: float) -> Callable[[np.ndarray, np.ndarray], Boxes]:
+    """(bgr, box) -> YuNet faces (N, 5) at 1x and 2x scoring >= ``min_score`` in the box's neighbourhood (widened
+    by its size on each side), frame pixels: the full-frame 2x pass, only where a detection needs a verdict."""
 
-    def label(index: int, bgr: np.ndarray) -> Boxes:
-        if index not in cache:
-            d = yunet_faces(det, bgr, (1.0, 2.0))
-            cache[index] = d[d[:, 4] >= min_score]
-        return cache[index]
+    def label(bgr: np.ndarray, box: np.ndarray) -> Boxes:
+        (x1, y1, x2, y2), (h, w) = box[:4], bgr.shape[:2]
+        bw, bh = x2 - x1, y2 - y1
+        left, top = max(0, int(x1 - bw)), max(0, int(y1 - bh))
+        region = bgr[top:min(h, int(y2 + bh) + 1), left:min(w, int(x2 + bw) + 1)]
+        if min(region.shape[:2]) < 8:
+            return np.zeros((0, 5), np.float32)
+        d = yunet_faces(det, region, (1.0, 2.0))
+        d[:, :4] += np.array([left, top, left, top], np.float32)
+        return d[d[:, 4] >= min_score]
 
     return label
 
@@ -420,9 +425,9 @@ def replay_tracks(clips: list[Path], ref_det: cv2.FaceDetectorYN, args: argparse
     make = {"ours": lambda: None, "YuNet": lambda: YuNetDetector(Path(args.yunet)), "Haar": HaarPipelineDetector}
     rows = []
     for clip in tqdm(clips, desc="5 replays"):
-        label, row = yunet_labeller(ref_det, args.label_score), {"clip": clip.name}
+        label, row = yunet_near(ref_det, args.label_score), {"clip": clip.name}
         for name in args.replay_detectors:
-            rec = TrackRecorder(label)
+            rec, t0 = TrackRecorder(label), time.time()
             stats = replay_clip(clip, args.model, make[name](), rec, out / "events" / f"{clip.stem}.{name}.jsonl")
             tracks = rec.tracks()
             items = [(rec.picture(t["id"]), f"{t['id'][-5:]} {'face' if t['face'] else 'NOT A FACE'}\n"
@@ -432,6 +437,7 @@ def replay_tracks(clips: list[Path], ref_det: cv2.FaceDetectorYN, args: argparse
                                   "face / detections, max score)", limit=args.sheet_limit)
             row[name] = {"frames": stats["frames"], "detector_runs": stats["detector_runs"], "tracks": len(tracks),
                          "false_tracks": sum(not t["face"] for t in tracks), "sheet": sheet if shown else None,
+                         "seconds": round(time.time() - t0, 1),
                          "track_list": tracks}
         rows.append(row)
     total = {n: {k: sum(r[n][k] for r in rows) for k in ("tracks", "false_tracks")} for n in args.replay_detectors}
