@@ -171,6 +171,7 @@ class VisitorStore:
         self._version = -1  # PRAGMA data_version of the cached embeddings (-1: reload)
         self._stored = np.zeros((0, 0), np.float32)  # (N, D) visit centroids of every visitor
         self._owners = np.zeros(0, np.int64)  # (N,) their visitor numbers
+        self._seqs = np.zeros(0, np.int64)  # (N,) their rows
         try:
             self.model_sha, self.dim = self._check_model(model_sha, dim)
             self.evicted = int(self._meta("evicted") or 0)
@@ -235,10 +236,12 @@ class VisitorStore:
                 raise VisitorError(f"{self.path}: cannot write the visitor store: {exc}") from exc
             try:
                 yield
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._version = -1  # the cached embeddings may hold what was rolled back
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -254,16 +257,21 @@ class VisitorStore:
     # -------------------------------------------------------------------------------------- matching
 
     def _refresh(self) -> None:
-        """Reload the stored centroids when the file changed (another process, or a write of ours). Caller holds
-        the lock."""
+        """Reload the stored centroids when another connection changed the file (``PRAGMA data_version``; this
+        connection's own writes keep the cache up to date as they go). Caller holds the lock."""
         version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
         if version == self._version:
             return
-        rows = self._db.execute("SELECT visitor, vector FROM embeddings ORDER BY seq").fetchall()
-        dim = self.dim or (len(rows[0][1]) // 4 if rows else 0)
-        self._stored = np.frombuffer(b"".join(bytes(v) for _, v in rows), np.float32).reshape(len(rows), dim)
-        self._owners = np.array([int(o) for o, _ in rows], np.int64)
+        rows = self._db.execute("SELECT seq, visitor, vector FROM embeddings ORDER BY seq").fetchall()
+        dim = self.dim or (len(rows[0][2]) // 4 if rows else 0)
+        self._stored = np.frombuffer(b"".join(bytes(v) for *_, v in rows), np.float32).reshape(len(rows), dim)
+        self._owners = np.array([int(o) for _, o, _ in rows], np.int64)
+        self._seqs = np.array([int(q) for q, *_ in rows], np.int64)
         self._version = version
+
+    def _cache_keep(self, keep: np.ndarray) -> None:
+        """Keep only the cached rows where ``keep`` (N,) is true."""
+        self._stored, self._owners, self._seqs = self._stored[keep], self._owners[keep], self._seqs[keep]
 
     def match(self, embeddings: np.ndarray) -> tuple[Visitor | None, float | None]:
         """The visitor a visit (K, D unit embeddings) would update, or None and the best similarity; no write."""
@@ -305,7 +313,6 @@ class VisitorStore:
                 assert number is not None
                 self._add_visit(number, centroid, camera, crop, crop_value, now, new)
                 self._evict(keep=number)
-                self._version = -1
                 visitor = self._get(number)
         except sqlite3.Error as exc:
             raise VisitorError(f"{self.path}: cannot record a visit: {exc}") from exc
@@ -322,10 +329,19 @@ class VisitorStore:
     def _add_visit(self, number: int, centroid: np.ndarray, camera: str, crop: bytes | None, crop_value: float,
                    now: float, new: bool) -> None:
         """One more visit of ``number``: its centroid (the oldest beyond the cap go), count, cameras, crop, bytes."""
-        self._db.execute("INSERT INTO embeddings (visitor, vector, created) VALUES (?, ?, ?)",
-                         (number, centroid.astype(np.float32).tobytes(), now))
-        self._db.execute("DELETE FROM embeddings WHERE visitor = ? AND seq NOT IN (SELECT seq FROM embeddings "
-                         "WHERE visitor = ? ORDER BY seq DESC LIMIT ?)", (number, number, self.per_visitor))
+        vec = centroid.astype(np.float32).reshape(1, -1)
+        cur = self._db.execute("INSERT INTO embeddings (visitor, vector, created) VALUES (?, ?, ?)",
+                               (number, vec.tobytes(), now))
+        assert cur.lastrowid is not None
+        old = [int(r[0]) for r in self._db.execute("SELECT seq FROM embeddings WHERE visitor = ? ORDER BY seq DESC "
+                                                   "LIMIT -1 OFFSET ?", (number, self.per_visitor))]
+        self._db.executemany("DELETE FROM embeddings WHERE seq = ?", [(q,) for q in old])
+        if self._version != -1:  # keep the cache as the file: the new row in, the trimmed ones out
+            stored = self._stored if len(self._stored) else np.zeros((0, vec.shape[1]), np.float32)
+            self._stored = np.concatenate([stored, vec])
+            self._owners = np.append(self._owners, number)
+            self._seqs = np.append(self._seqs, int(cur.lastrowid))
+            self._cache_keep(~np.isin(self._seqs, old))
         cameras, best = self._db.execute("SELECT cameras, crop_value FROM visitors WHERE id = ?",
                                          (number,)).fetchone()
         cams = json.loads(cameras)
@@ -415,12 +431,12 @@ class VisitorStore:
         return gone
 
     def forget_all(self) -> int:
-        """Delete every visitor (the model recorded goes too); how many there were."""
+        """Delete every visitor; how many there were (an empty store takes the next model that opens it)."""
         with self._tx():
             n = self._count()
             self._db.execute("DELETE FROM embeddings")
             self._db.execute("DELETE FROM visitors")
-            self._db.execute("DELETE FROM meta WHERE key IN ('model_sha', 'dim')")
+            self._cache_keep(np.zeros(len(self._owners), bool))
         self._compact()
         return n
 
@@ -449,7 +465,7 @@ class VisitorStore:
         """Delete visitors and their embeddings (caller holds a transaction)."""
         self._db.executemany("DELETE FROM embeddings WHERE visitor = ?", [(n,) for n in numbers])
         self._db.executemany("DELETE FROM visitors WHERE id = ?", [(n,) for n in numbers])
-        self._version = -1
+        self._cache_keep(~np.isin(self._owners, numbers))
 
     def _compact(self) -> None:
         """After a deletion: give freed pages back and empty the WAL, so deleted faces are not left on disk."""
@@ -470,3 +486,25 @@ class VisitorStore:
                 pass  # already closed
             except sqlite3.Error as exc:
                 logger.warning("visitor store %s: close failed: %s", self.path, exc)
+
+
+def name_visitor(store: VisitorStore, ref: str | int, name: str, gallery: Any, gallery_path: Path | None) -> Visitor:
+    """Give a visitor a name: its visit centroids join ``gallery`` (an ``edgecam.recognize.Gallery``; appended when
+    the person is enrolled already), the gallery is saved to ``gallery_path`` (None: in memory only), then the
+    visitor is deleted from the store. The visitor as it was.
+
+    Raises:
+        VisitorError: No such visitor, or the gallery belongs to another recognizer model.
+        GalleryError: A name that cannot be a person (see ``edgecam.recognize.check_person_name``).
+    """
+    visitor = store.get(ref)
+    if store.model_sha is not None and gallery.model_sha != store.model_sha:
+        where = gallery_path or "the gallery"
+        raise VisitorError(f"{where}: enrolled with another recognizer model than the visitors in {store.path}")
+    gallery.add(name, store.embeddings(visitor.number))
+    if gallery_path is not None:
+        gallery.save(gallery_path)
+    store.forget([visitor.number])
+    logger.info("%s named %s: %d embeddings moved into %s", visitor.id, name, visitor.embeddings,
+                gallery_path or "the gallery")
+    return visitor

@@ -253,3 +253,23 @@ def test_sigkill_keeps_every_committed_visit(tmp_path: Path) -> None:
     numbers = {v.number for v in s.visitors()}
     assert set(acked) <= numbers and len(numbers) <= len(acked) + 1  # at most one committed before its print
     s.close()
+
+
+def test_cached_embeddings_stay_equal_to_the_file(tmp_path: Path) -> None:
+    """Matching uses an in-memory copy kept up to date write by write: after visits, trims, evictions and forgets
+    it equals what a fresh open reads."""
+    clock = Clock()
+    s = store(tmp_path / "v.db", max_visitors=6, embeddings_per_visitor=2, clock=clock)
+    rng = np.random.default_rng(3)
+    for k in range(60):
+        clock.t += 1
+        s.record(visit(int(rng.integers(1, 10)), rng_seed=k), "door")
+        if k % 17 == 16:
+            s.forget([s.visitors()[-1].id])
+    fresh = store(tmp_path / "v.db")
+    s.match(visit(1))
+    fresh.match(visit(1))
+    assert np.array_equal(s._seqs, fresh._seqs) and np.array_equal(s._owners, fresh._owners)
+    assert np.array_equal(s._stored, fresh._stored) and len(s._seqs) == sum(v.embeddings for v in s.visitors())
+    s.close()
+    fresh.close()
