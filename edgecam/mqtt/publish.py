@@ -14,54 +14,41 @@ Delivery of events, step by step:
 
 States, snapshot and discovery are "latest wins": kept in memory, published retained, and published again
 after every reconnect. Nothing here blocks on the broker: ``start()`` returns at once (``connect_async``).
+
+The parts, each testable without a broker: ``client`` builds the paho client (credentials, TLS, last will,
+backoff), ``retained`` keeps the latest-wins messages and the people announced to Home Assistant,
+``routing`` validates incoming commands and hands them on, ``outbox`` holds events until their PUBACK.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgecam import EdgecamError
-from edgecam.mqtt.config import MqttConfig, MqttSecretError, install_secret_filter, mask_secrets
+from edgecam.mqtt.client import PublisherError, connect_options, make_client, set_nodelay
+from edgecam.mqtt.config import MqttConfig, install_secret_filter, mask_secrets
 from edgecam.mqtt.outbox import Outbox, OutboxSender, Row
-from edgecam.mqtt.topics import (
-    DETECTION_STATE,
-    CommandError,
-    Topics,
-    check_name,
-    client_id,
-    device_id,
-    discovery_config,
-    parse_command,
-)
+from edgecam.mqtt.retained import REMOVAL_KEEP_S, AnnouncedPeople, RetainedCache
+from edgecam.mqtt.routing import CommandCallback, CommandRouter
+from edgecam.mqtt.topics import Topics, check_name, device_id, discovery_config
 
-__all__ = ["CommandCallback", "MqttConfig", "Publisher", "PublisherError"]
+__all__ = ["REMOVAL_KEEP_S", "CommandCallback", "MqttConfig", "Publisher", "PublisherError"]
 
 logger = logging.getLogger(__name__)
 _paho_logger = logging.getLogger(f"{__name__}.paho")
 
-CommandCallback = Callable[[str, bytes], None]
 OUTBOX_FILE = "outbox.sqlite3"
-REMOVAL_KEEP_S = 30 * 86400.0
-"""A person removed from the gallery stays in the discovery config as HA's removal form this long (Home
-Assistant may be away when it is first sent; the retained config is what it reads when it comes back)."""
 _DROP_LOG_EVERY_S = 10.0
-
-
-class PublisherError(EdgecamError):
-    """The publisher cannot start (TLS files, password, outbox); the message names the cause."""
 
 
 class Publisher:
@@ -82,13 +69,12 @@ class Publisher:
         self._sender: OutboxSender | None = None
         self._client: mqtt.Client | None = None
         self._pump: threading.Thread | None = None
-        self._latest_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._latest: dict[str, tuple[bytes, int]] = {}  # retained latest-wins messages, re-sent on connect
-        self._callbacks: list[CommandCallback] = []
-        self._people: list[str] = []
-        self._counts = {"commands": 0, "bad_commands": 0}
+        self._retained = RetainedCache()  # latest-wins messages, re-sent on connect
+        self._announced = AnnouncedPeople(self.state_dir / f"ha-{device_id(camera, cfg.prefix)}.json")
+        self._router = CommandRouter(self.topics, cfg.allow_enroll, f"{cfg.discovery_prefix}/status",
+                                     self._on_ha_status_online, self.publish_state)
         self._last_error: str | None = None
         self._paho_error: str | None = None
         self._refused = False
@@ -115,7 +101,8 @@ class Publisher:
         )
         self._sender = OutboxSender(self._outbox, self.cfg.max_inflight, self._publish_row, self._on_reject)
         self._client = self._make_client()
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **self._clean())
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive,
+                                   **connect_options(self.cfg))
         self._client.loop_start()
         self._pump = threading.Thread(target=self._pump_loop, name=f"edgecam-outbox-{self.camera}", daemon=True)
         self._pump.start()
@@ -176,57 +163,16 @@ class Publisher:
         except (RuntimeError, ValueError) as exc:
             logger.warning("MQTT: %s not published: %s", topic, exc)
 
-    def _clean(self) -> dict[str, Any]:
-        """Connect options for a clean session (the outbox, not the broker, holds what is pending)."""
-        return {"clean_start": True} if self.cfg.protocol == "5" else {}
-
     def _make_client(self) -> mqtt.Client:
-        """A paho client with credentials, TLS, last will, backoff and our callbacks."""
-        cfg = self.cfg
-        v5 = cfg.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or client_id(self.camera, cfg.prefix),
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-        )
+        """The paho client (``client.make_client``) with our callbacks."""
+        client = make_client(self.cfg, self.camera, self.topics.availability)
         client.on_log = self._on_log
-        self._set_credentials(client)
-        self._set_tls(client)
-        client.will_set(self.topics.availability, b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # type: ignore[arg-type]
-        client.max_inflight_messages_set(cfg.max_inflight + 100)  # room for states/discovery beside events
-        client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
-
-    def _set_credentials(self, client: mqtt.Client) -> None:
-        try:
-            password = self.cfg.resolve_password()
-        except MqttSecretError as exc:
-            raise PublisherError(str(exc)) from None
-        if self.cfg.username:
-            client.username_pw_set(self.cfg.username, password)
-        elif password:
-            logger.warning("MQTT: a password is set but mqtt.username is not; the password is not used")
-
-    def _set_tls(self, client: mqtt.Client) -> None:
-        tls = self.cfg.tls
-        if tls is None:
-            return
-        try:
-            client.tls_set(
-                ca_certs=str(tls.ca) if tls.ca else None,
-                certfile=str(tls.cert) if tls.cert else None,
-                keyfile=str(tls.key) if tls.key else None,
-            )
-        except (OSError, ValueError) as exc:
-            raise PublisherError(f"mqtt.tls: cannot load CA/certificate/key ({tls.ca}, {tls.cert}): {exc}") from None
-        client.tls_insecure_set(tls.insecure)
 
     # ------------------------------------------------------------------------------------------------------------
     # public API
@@ -310,54 +256,19 @@ class Publisher:
         if not self.cfg.discovery:
             return
         people = [check_name(p, "person name") for p in dict.fromkeys(people)]
-        announced, removed = self._load_announced()
-        now = time.time()
-        for person in [*announced, *self._people]:
-            removed.setdefault(person, now)
-        removed = {p: t for p, t in removed.items() if p not in people and now - t < REMOVAL_KEEP_S}
-        self._people = people
-        self._save_announced(people, removed)
-        config = discovery_config(self.topics, people, sorted(removed), qos=self.cfg.qos)
+        removed = self._announced.update(people, time.time())
+        config = discovery_config(self.topics, people, removed, qos=self.cfg.qos)
         self._publish_latest(self.discovery_topic, _to_json(config), qos=1)
         for person in removed:
             self._clear_state(person)
         for person in people:
-            if self._latest.get(self.topics.state(person), (b"",))[0] == b"":
+            if not self._retained.get(self.topics.state(person)):
                 self.publish_state(person, False)
 
     @property
     def discovery_topic(self) -> str:
         """``<discovery_prefix>/device/<device id>/config`` of this camera."""
         return f"{self.cfg.discovery_prefix}/device/{device_id(self.camera, self.cfg.prefix)}/config"
-
-    @property
-    def _announced_file(self) -> Path:
-        return self.state_dir / f"ha-{device_id(self.camera, self.cfg.prefix)}.json"
-
-    def _load_announced(self) -> tuple[list[str], dict[str, float]]:
-        """People announced to HA by an earlier call or run, and people removed since (name -> time)."""
-        try:
-            data = json.loads(self._announced_file.read_text(encoding="utf-8"))
-            announced = [str(p) for p in data.get("announced", [])]
-            removed = {str(p): float(t) for p, t in data.get("removed", {}).items()}
-        except FileNotFoundError:
-            return [], {}
-        except (OSError, ValueError, AttributeError, TypeError) as exc:
-            logger.warning("MQTT: %s unreadable (%s); people removed earlier stay in Home Assistant",
-                           self._announced_file, exc)
-            return [], {}
-        return announced, removed
-
-    def _save_announced(self, people: list[str], removed: dict[str, float]) -> None:
-        path = self._announced_file
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"announced": people, "removed": removed}, indent=1), encoding="utf-8")
-            tmp.replace(path)
-        except OSError as exc:
-            logger.warning("MQTT: cannot write %s (%s); a person removed later may stay in Home Assistant",
-                           path, exc)
 
     def _clear_state(self, person: str) -> None:
         """Delete a removed person's retained ON/OFF message (an empty retained payload; again on reconnect)."""
@@ -390,7 +301,7 @@ class Publisher:
         (the person name, only when ``mqtt.allow_enroll``). Invalid commands are logged and never reach it.
         After a detection command the new state is echoed to ``<prefix>/<camera>/detection``.
         """
-        self._callbacks.append(callback)
+        self._router.callbacks.append(callback)
 
     def latency_samples(self) -> list[float]:
         """Seconds from each recent event's frame (or ``publish_event``) to its PUBACK, oldest first."""
@@ -415,7 +326,7 @@ class Publisher:
             "dropped": dropped,
             "delivered": sender.delivered if sender else 0,
             "rejected": sender.rejected if sender else 0,
-            **self._counts,
+            **self._router.counts,
             "last_error": self._last_error,
             "latency_ms": {
                 "n": int(lat.size),
@@ -435,12 +346,12 @@ class Publisher:
         assert self._sender is not None
         self._last_error = self._paho_error = None
         self._ever_connected = True
-        _set_nodelay(client)
+        set_nodelay(client)
         logger.info("MQTT: connected to %s", self.cfg.broker_label())
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
-        with self._latest_lock:  # states set meanwhile go out after these, never before (no stale retained value)
+        with self._retained.lock:  # states set meanwhile go out after these, never before (no stale retained value)
             self._sender.connected()
-            self._republish_latest(client)
+            self._retained.republish(self._send_retained)
         client.subscribe(self.topics.commands, qos=1)
         if self.cfg.discovery:
             client.subscribe(f"{self.cfg.discovery_prefix}/status", qos=1)
@@ -482,44 +393,17 @@ class Publisher:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            topic = msg.topic
+            topic: str | None = msg.topic
         except UnicodeDecodeError:
-            self._counts["bad_commands"] += 1
-            logger.warning("MQTT: ignored a message with a non-UTF-8 topic")
-            return
-        if topic == f"{self.cfg.discovery_prefix}/status":
-            self._on_ha_status(bytes(msg.payload))
-            return
-        command = self.topics.command_name(topic)
-        if command is not None:
-            self._dispatch_command(command, bytes(msg.payload))
+            topic = None
+        self._router.route(topic, bytes(msg.payload))
 
-    def _on_ha_status(self, payload: bytes) -> None:
+    def _on_ha_status_online(self) -> None:
         """Home Assistant came (back) online: send discovery and states again."""
-        if payload.strip() != b"online" or self._client is None:
+        if self._client is None:
             return
-        with self._latest_lock:
-            self._republish_latest(self._client)
-
-    def _dispatch_command(self, command: str, payload: bytes) -> None:
-        """Validate a command and hand it to the callbacks; a bad one is logged and ignored."""
-        try:
-            value = parse_command(command, payload, self.cfg.allow_enroll)
-        except CommandError as exc:
-            self._counts["bad_commands"] += 1
-            logger.warning("MQTT: ignored command %s/set/%s: %s", self.topics.base, command[:60], exc)
-            return
-        self._counts["commands"] += 1
-        logger.info("MQTT: command %s %r", command, value)
-        ok = True
-        for callback in list(self._callbacks):
-            try:
-                callback(command, value)
-            except Exception:
-                ok = False
-                logger.exception("MQTT: command callback failed for %s", command)
-        if ok and command == DETECTION_STATE:
-            self.publish_state(DETECTION_STATE, value.decode())
+        with self._retained.lock:
+            self._retained.republish(self._send_retained)
 
     # ------------------------------------------------------------------------------------------------------------
     # the outbox pump (its own thread)
@@ -555,17 +439,16 @@ class Publisher:
 
     def _publish_latest(self, topic: str, payload: bytes, qos: int) -> None:
         """Remember a retained latest-wins message and publish it now if connected and changed."""
-        with self._latest_lock:
-            if self._latest.get(topic) == (payload, qos):
-                return
-            self._latest[topic] = (payload, qos)
-            if self._is_connected() and self._client is not None:
-                self._client.publish(topic, payload, qos=qos, retain=True)
+        self._retained.put(topic, payload, qos, self._send_if_connected)
 
-    def _republish_latest(self, client: mqtt.Client) -> None:
-        """Publish every latest-wins message again (caller holds ``_latest_lock``)."""
-        for topic, (payload, qos) in self._latest.items():
-            client.publish(topic, payload, qos=qos, retain=True)
+    def _send_retained(self, topic: str, payload: bytes, qos: int) -> None:
+        if self._client is not None:
+            self._client.publish(topic, payload, qos=qos, retain=True)
+
+    def _send_if_connected(self, topic: str, payload: bytes, qos: int) -> None:
+        """Called with the cache's lock held: a connect that is re-sending everything finishes first."""
+        if self._is_connected():
+            self._send_retained(topic, payload, qos)
 
     def _is_connected(self) -> bool:
         return self._sender is not None and self._sender.is_connected
@@ -607,13 +490,3 @@ def _to_json(obj: Any) -> bytes:
         return json.dumps(obj, default=_json_default, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not JSON-serialisable: {exc}") from None
-
-
-def _set_nodelay(client: mqtt.Client) -> None:
-    """Send small packets at once (no Nagle delay): events are small and latency matters."""
-    sock: Any = client.socket()
-    try:
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
