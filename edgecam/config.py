@@ -244,6 +244,27 @@ class SnapshotConfig(Section):
     jpeg_quality: int = Field(default=85, ge=10, le=100, description="JPEG quality")
 
 
+class VisitorsConfig(Section):
+    """Visitors: repeat unknown faces remembered on the device under stable ids (``visitor-17``), named later."""
+
+    enabled: bool = Field(default=False, description="remember unknown faces (off: nothing is stored)")
+    threshold: float | None = Field(default=None, gt=0, lt=1,
+                                    description="similarity at which a visit is a visitor seen before (higher: "
+                                    "fewer people sharing an id, more ids per person; default: calibrated for the "
+                                    "recognizer, see edgecam.visitors.DEFAULT_THRESHOLD)")
+    min_crops: int = Field(default=2, ge=1, le=1000,
+                           description="good-quality recognitions a track needs before it counts as a visit")
+    retention_days: float = Field(default=30.0, gt=0, le=3650,
+                                  description="visitors not seen for this many days are deleted")
+    max_visitors: int = Field(default=1000, ge=1, le=1_000_000, description="most visitors kept (the ones seen "
+                              "longest ago are deleted first)")
+    max_bytes: int = Field(default=64 << 20, ge=1 << 16, le=1 << 40,
+                           description="most bytes of crops and embeddings kept (64 MiB; the same rule)")
+    embeddings_per_visitor: int = Field(default=16, ge=1, le=1000,
+                                        description="visit embeddings kept per visitor (the newest)")
+    fsync: bool = Field(default=True, description="sync every visit to storage (survives power loss)")
+
+
 class LoggingConfig(Section):
     """Logging on stderr (journald under systemd)."""
 
@@ -269,6 +290,17 @@ class Config(Section):
                                "(default: $STATE_DIRECTORY or ~/.local/state/edgecam)")
     stats_interval_s: float = Field(default=30.0, ge=1, le=86400, description="seconds between stats messages")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="logging")
+    visitors: VisitorsConfig = Field(default_factory=VisitorsConfig,
+                                     description="repeat unknown faces (off by default; stored in state_dir)")
+
+    @field_validator("visitors")
+    @classmethod
+    def _visitors_need_embeddings(cls, v: VisitorsConfig, info: ValidationInfo) -> VisitorsConfig:
+        rec = info.data.get("recognizer")
+        if v.enabled and (rec is None or rec.type != "identity"):
+            raise ValueError("enabled visitors need a recognizer section of type identity (visitors are matched "
+                             "on its embeddings)")
+        return v
 
     @field_validator("state_dir")
     @classmethod

@@ -151,6 +151,7 @@ class Pipeline:
         results = self.recognizer(list(crops.values()))
         for i, result in zip(crops, results, strict=True):
             observations[i].vote = identity_vote(result)
+            observations[i].embedding = getattr(result, "embedding", None)
         self.counts.crops_recognized += len(crops)
         self.counts.recognizer_pixels += len(crops) * self.crop_size[0] * self.crop_size[1]
 

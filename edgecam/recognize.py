@@ -29,7 +29,7 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -54,11 +54,13 @@ _NAME_BAD = re.compile(r"[/#+\x00-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class Identity:
-    """A recognizer's answer for one crop: ``name`` (the label, or best candidate), status and score."""
+    """A recognizer's answer for one crop: ``name`` (the label, or best candidate), status and score; an identity
+    recognizer also gives the crop's unit ``embedding`` (D,) (visitors are matched on it)."""
 
     name: str
     status: Status
     score: float
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class GalleryError(EdgecamError):
@@ -290,11 +292,12 @@ class EmbeddingRecognizer(Recognizer):
         return "unknown" if score < self.t_unknown else "uncertain"
 
     def __call__(self, crops: list[np.ndarray]) -> list[Identity]:
-        names, scores = self.gallery.match(self.embed(crops))
+        emb = self.embed(crops)
+        names, scores = self.gallery.match(emb)
         out = []
-        for name, score in zip(names, scores, strict=True):
+        for name, score, e in zip(names, scores, emb, strict=True):
             st = self.status(float(score))
-            out.append(Identity(name if st != "unknown" else "unknown", st, float(score)))
+            out.append(Identity(name if st != "unknown" else "unknown", st, float(score), e))
         return out
 
 

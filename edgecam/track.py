@@ -17,6 +17,10 @@ threshold never become events), and ends (event ``end``) after ``max_age`` detec
 motion gate saw a still scene) do not age tracks. The best snapshot is the observation with
 the largest detector score x face size x crop sharpness. ``flush()`` ends every track (end of a replay,
 daemon stop).
+
+With visitors enabled (``edgecam.visitors``) the daemon sets ``Tracker.visitors``: a confirmed track is offered
+to it at each observation and when it ends; once it is recorded as a visit (an ``update`` event says so) every
+event of the track carries ``visitor`` and ``visits`` (null before, and for tracks that are not visits).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -150,6 +154,7 @@ class Observation:
     landmarks: np.ndarray  # (4, 2) x,y
     quality: Quality | None = None
     vote: Vote | None = None
+    embedding: np.ndarray | None = None  # (D,) the recognized crop's unit embedding (identity recognizer)
 
 
 @dataclass
@@ -176,6 +181,9 @@ class Track:
     best_changed: bool = False
     seq: int = 0  # events sent so far
     last_event_ts: float = 0.0
+    embeddings: list[np.ndarray] = field(default_factory=list)  # (D,) of the recognized crops, for visitors
+    visitor: str | None = None  # visitor id once the track was recorded as a visit (``edgecam.visitors``)
+    visits: int | None = None  # that visitor's visits, this one included
 
     def predicted(self) -> np.ndarray:
         """Where the box should be at the next detector run (constant velocity, through up to 4 misses)."""
@@ -184,6 +192,13 @@ class Track:
     def want_vote(self, max_votes: int) -> bool:
         """Whether a new recognizer result for this track would still count."""
         return len(self.votes) < max_votes
+
+
+class VisitorHook(Protocol):
+    """Records an unknown track as a visit (``edgecam.visitors.Visitors``): sets ``track.visitor`` and ``visits``
+    and returns True when it did; ``final`` when the track is ending."""
+
+    def __call__(self, track: Track, final: bool) -> bool: ...
 
 
 class Tracker:
@@ -195,6 +210,7 @@ class Tracker:
         self.tracks: list[Track] = []
         self._next = 0
         self.confirmed_total = 0  # tracks that became events (``new``) so far
+        self.visitors: VisitorHook | None = None  # set by the daemon when visitors are enabled
 
     # ------------------------------------------------------------------------------------------ step 1
 
@@ -260,14 +276,17 @@ class Tracker:
         self._offer_best(t, frame, ob)
         if ob.vote is not None:
             t.votes.append(ob.vote)
+        if ob.embedding is not None:
+            t.embeddings.append(ob.embedding)
         previous, t.identity = t.identity, vote(t.votes)
         if not t.confirmed:
             if t.hits < self.cfg.min_hits or t.confident_hits < self.cfg.confirm_hits:
                 return []
             t.confirmed = True
             self.confirmed_total += 1
+            self._visit(t, final=False)
             return [self._event("new", t, frame)]
-        if t.identity[:2] != previous[:2]:
+        if self._visit(t, final=False) or t.identity[:2] != previous[:2]:
             return [self._event("update", t, frame)]
         if t.best_changed and frame.timestamp - t.last_event_ts >= self.cfg.update_interval_s:
             return [self._event("update", t, frame)]
@@ -290,11 +309,18 @@ class Tracker:
         if track.misses < self.cfg.max_age:
             return []
         self.tracks.remove(track)
-        return [self._event("end", track, frame)] if track.confirmed else []
+        if not track.confirmed:
+            return []
+        self._visit(track, final=True)
+        return [self._event("end", track, frame)]
 
     def flush(self, frame: Frame) -> list[Event]:
         """End every track (stream ended or daemon stopping); ``end`` events for the confirmed ones."""
-        ended = [self._event("end", t, frame) for t in self.tracks if t.confirmed]
+        ended = []
+        for t in self.tracks:
+            if t.confirmed:
+                self._visit(t, final=True)
+                ended.append(self._event("end", t, frame))
         self.tracks = []
         return ended
 
@@ -312,10 +338,16 @@ class Tracker:
             "frames": {"first": t.first_frame, "last": t.last_frame, "hits": t.hits, "votes": len(t.votes)},
             "snapshot": dict(t.best) if t.best else None,
         }
+        if self.visitors is not None:
+            event.update(visitor=t.visitor, visits=t.visits)
         image = t.best_image if t.best_changed else None
         t.seq += 1
         t.last_event_ts, t.best_changed = frame.timestamp, False
         return Event(event, image)
+
+    def _visit(self, t: Track, final: bool) -> bool:
+        """Offer a confirmed track to the visitor hook; True when it was recorded as a visit just now."""
+        return self.visitors is not None and self.visitors(t, final)
 
     @property
     def opened_total(self) -> int:

@@ -39,6 +39,9 @@ from edgecam import EdgecamError
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_THRESHOLD = 0.6
+"""Visit-to-visitor similarity for the shipped recognizer when neither the config (``visitors.threshold``) nor the
+model's ``output.thresholds.visitor`` sets one; see ``training/recognizer/visitors_eval.py``."""
 STORE_FILE = "visitors.db"
 """The store's file name in the state directory."""
 PREFIX = "visitor-"
@@ -411,6 +414,15 @@ class VisitorStore:
                                     (v.number,)).fetchall()
         return np.frombuffer(b"".join(bytes(r[0]) for r in rows), np.float32).reshape(len(rows), -1).copy()
 
+    def offer_crop(self, ref: str | int, crop: bytes, value: float) -> bool:
+        """Keep ``crop`` as the visitor's best when ``value`` beats the one it has; whether it did."""
+        number = ref if isinstance(ref, int) else parse_id(ref)
+        with self._tx():
+            cur = self._db.execute("UPDATE visitors SET bytes = bytes - COALESCE(LENGTH(crop), 0) + ?, crop = ?, "
+                                   "crop_value = ? WHERE id = ? AND crop_value < ?",
+                                   (len(crop), crop, value, number, value))
+        return cur.rowcount > 0
+
     def stats(self) -> dict[str, int]:
         """Visitors, embeddings and bytes stored; visitors evicted for room since the file was created."""
         with self._lock:
@@ -508,3 +520,80 @@ def name_visitor(store: VisitorStore, ref: str | int, name: str, gallery: Any, g
     logger.info("%s named %s: %d embeddings moved into %s", visitor.id, name, visitor.embeddings,
                 gallery_path or "the gallery")
     return visitor
+
+
+class Visitors:
+    """The daemon's visitor stage, the tracker's ``VisitorHook``: records an unknown track as a visit.
+
+    A confirmed track is recorded once, as soon as its identity vote says ``unknown`` with all ``max_votes`` votes
+    in (while the person is still in view), or when it ends unknown with fewer; either way with at least
+    ``min_crops`` recognized crops. When the track ends, a better best crop than the one recorded replaces the
+    visitor's. A store that cannot be written is logged; the track goes on without a visitor.
+    """
+
+    def __init__(self, store: VisitorStore, camera: str, min_crops: int = 2, max_votes: int = 10,
+                 jpeg_quality: int = 85) -> None:
+        self.store, self.camera = store, camera
+        self.min_crops, self.max_votes, self.jpeg_quality = min_crops, max_votes, jpeg_quality
+        self._recorded: dict[str, float] = {}  # track id -> crop value recorded with the visit
+
+    @classmethod
+    def from_config(cls, cfg: Any, recognizer: Any) -> Visitors:
+        """The stage of a validated ``edgecam.config.Config`` and its identity recognizer (store in
+        ``state_dir``)."""
+        v = cfg.visitors
+        store = VisitorStore(Path(cfg.state_dir) / STORE_FILE, recognizer.model_sha, recognizer.dim,
+                             threshold_for(v.threshold, recognizer), v.max_visitors, v.max_bytes, v.retention_days,
+                             v.embeddings_per_visitor, v.fsync)
+        max_votes = cfg.recognizer.max_votes if cfg.recognizer is not None else 10
+        return cls(store, cfg.camera.name, v.min_crops, max_votes, cfg.snapshot.jpeg_quality)
+
+    def __call__(self, track: Any, final: bool) -> bool:
+        if track.visitor is not None:
+            if final:
+                self._better_crop(track)
+            return False
+        if track.identity[1] != "unknown" or len(track.embeddings) < self.min_crops or track.id in self._recorded:
+            return False
+        if not final and len(track.votes) < self.max_votes:
+            return False
+        self._recorded[track.id] = track.best_value  # tried once, whatever happens
+        try:
+            seen = self.store.record(np.stack(track.embeddings), self.camera, self._jpeg(track), track.best_value)
+        except VisitorError:
+            logger.exception("track %s: recording the visit failed", track.id)
+            return False
+        track.visitor, track.visits = seen.visitor.id, seen.visitor.visits
+        return True
+
+    def _better_crop(self, track: Any) -> None:
+        recorded = self._recorded.pop(track.id, None)
+        if recorded is None or track.best_value <= recorded:
+            return
+        jpeg = self._jpeg(track)
+        try:
+            if jpeg is not None:
+                self.store.offer_crop(track.visitor, jpeg, track.best_value)
+        except VisitorError:
+            logger.warning("%s: keeping the better crop of track %s failed", track.visitor, track.id, exc_info=True)
+
+    def _jpeg(self, track: Any) -> bytes | None:
+        if track.best_image is None:
+            return None
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", track.best_image, [cv2.IMWRITE_JPEG_QUALITY, int(self.jpeg_quality)])
+        return buf.tobytes() if ok else None
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def threshold_for(configured: float | None, recognizer: Any) -> float:
+    """The visitor threshold: the config's, else the recognizer model's ``output.thresholds.visitor``, else
+    ``DEFAULT_THRESHOLD``."""
+    if configured is not None:
+        return float(configured)
+    manifest = getattr(recognizer, "manifest", None)
+    value = ((manifest.output if manifest is not None else {}).get("thresholds") or {}).get("visitor")
+    return float(value) if value is not None else DEFAULT_THRESHOLD

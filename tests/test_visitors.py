@@ -1,4 +1,5 @@
-"""The visitor store on its own: matching, stable ids, restart, retention, forget (on disk), bounds, model, SIGKILL."""
+"""Visitors: the store on its own (matching, stable ids, restart, retention, forget on disk, bounds, model, SIGKILL)
+and as the tracker's hook."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecam.visitors import VisitorError, VisitorStore, parse_id, visit_centroid
+from edgecam.config import SnapshotConfig, TrackerConfig
+from edgecam.crops import Quality
+from edgecam.sources import Frame
+from edgecam.track import Observation, Tracker, Vote
+from edgecam.visitors import VisitorError, Visitors, VisitorStore, parse_id, visit_centroid
 
 DIM = 16
 SHA = "a" * 64
@@ -58,7 +63,7 @@ def test_same_face_same_id_other_face_new_id_never_reused(tmp_path: Path) -> Non
     s.record(visit(1, rng_seed=2), "door", b"worse", 0.5)
     assert s.crop(1) == b"jpeg-a2" and s.get("visitor-1").visits == 3
     assert b1.new and b1.visitor.id == "visitor-2" and b1.similarity < 0.6
-    assert [v.id for v in s.visitors()] == ["visitor-1", "visitor-2"] or s.visitors()[0].last_seen >= s.visitors()[1].last_seen
+    assert [v.id for v in s.visitors()] == ["visitor-2", "visitor-1"]  # the most recently seen first
     match, sim = s.match(visit(2, rng_seed=5))
     assert match is not None and match.id == "visitor-2" and sim is not None and sim >= 0.6
     assert s.match(visit(3))[0] is None
@@ -273,3 +278,65 @@ def test_cached_embeddings_stay_equal_to_the_file(tmp_path: Path) -> None:
     assert np.array_equal(s._stored, fresh._stored) and len(s._seqs) == sum(v.embeddings for v in s.visitors())
     s.close()
     fresh.close()
+
+
+# ------------------------------------------------------------------------------------------ the tracker's hook
+
+
+def run_track(tracker: Tracker, start: int, emb: np.ndarray, status: str = "unknown", name: str = "unknown",
+              frames: int = 8) -> list[dict]:
+    """One face in view for ``frames`` detector runs (a recognition per run while ``emb`` lasts), then gone."""
+    img = np.full((240, 320, 3), 90, np.uint8)
+    events = []
+    for k in range(frames + tracker.cfg.max_age):
+        i = start + k
+        boxes = np.array([[100 + k, 80, 160 + k, 140, 0.9]], np.float32) if k < frames else np.zeros((0, 5))
+        tracks = tracker.assign(boxes, i, i * 0.2)
+        obs = []
+        for tr, b in zip(tracks, boxes, strict=True):
+            e = emb[k] if k < len(emb) else None
+            obs.append(Observation(tr, b, np.zeros((4, 2), np.float32), Quality(60, 100 + k, 0.0, True, ""),
+                                   Vote(name, status, 0.2) if e is not None else None, e))
+        events += [e.payload for e in tracker.update(Frame(i, i * 0.2, img), obs)]
+    return events
+
+
+def test_unknown_tracks_become_visits_events_carry_the_visitor(tmp_path: Path) -> None:
+    s = store(tmp_path / "v.db")
+    tracker = Tracker(TrackerConfig(min_hits=2, confirm_hits=1, max_age=2), SnapshotConfig(), "door", "run")
+    tracker.visitors = Visitors(s, "door", min_crops=2, max_votes=4)
+    first = run_track(tracker, 0, visit(1, k=6))
+    # recorded once the 4 votes were in (the person still in view): an update says so, later events repeat it
+    said = [(e["type"], e["visitor"], e["visits"]) for e in first]
+    assert said[0] == ("new", None, None) and ("update", "visitor-1", 1) in said and said[-1] == ("end", "visitor-1", 1)
+    k = said.index(("update", "visitor-1", 1))
+    assert first[k]["frames"]["votes"] == 4 and all(v == "visitor-1" for _, v, _ in said[k:])
+    again = run_track(tracker, 100, visit(1, k=6, rng_seed=1))
+    assert again[-1]["visitor"] == "visitor-1" and again[-1]["visits"] == 2
+    # a track that ends unknown with fewer votes than max_votes (but min_crops) is recorded as it ends
+    short = run_track(tracker, 200, visit(2, k=3), frames=3)
+    assert [e["visitor"] for e in short] == [None] * (len(short) - 1) + ["visitor-2"] and short[-1]["type"] == "end"
+    # too few recognized crops, or a known person: no visitor
+    assert run_track(tracker, 300, visit(3, k=1))[-1]["visitor"] is None
+    known = run_track(tracker, 400, visit(4, k=6), status="known", name="alice")
+    assert all(e["visitor"] is None and "visits" in e for e in known)
+    assert [v.id for v in s.visitors()] == ["visitor-2", "visitor-1"] and s.get("visitor-1").visits == 2
+    assert s.crop("visitor-1") is not None and s.get("visitor-1").cameras == ["door"]
+    s.close()
+
+
+def test_without_visitors_events_have_no_visitor_keys() -> None:
+    tracker = Tracker(TrackerConfig(min_hits=2, confirm_hits=1, max_age=2), SnapshotConfig(), "door", "run")
+    events = run_track(tracker, 0, visit(1, k=6))
+    assert events and all("visitor" not in e and "visits" not in e for e in events)
+
+
+def test_a_store_that_cannot_be_written_leaves_the_track_without_a_visitor(tmp_path: Path) -> None:
+    s = store(tmp_path / "v.db")
+    tracker = Tracker(TrackerConfig(min_hits=2, confirm_hits=1, max_age=2), SnapshotConfig(), "door", "run")
+    tracker.visitors = Visitors(s, "door", min_crops=2, max_votes=4)
+    s._db.execute("PRAGMA query_only=ON")  # every write fails from here on
+    events = run_track(tracker, 0, visit(1, k=6))
+    assert events[-1]["type"] == "end" and events[-1]["visitor"] is None
+    s._db.execute("PRAGMA query_only=OFF")
+    s.close()
