@@ -82,6 +82,7 @@ class CalibConfig:
     teacher: bool = True  # SFace side by side
     teacher_strangers: int = 1500  # stranger photos per half the teacher embeds (0: all)
     celeba_people: int = 1000  # CelebA eval identities used (0: none)
+    celeba_gallery: int = 50  # people per CelebA gallery (the enrolled half is split into galleries this size)
     lfw_people: int = 0  # LFW eval and calib people used, each (0: all; tests use a few, at least 20)
     lfw_photos: int = 0  # photos per LFW person at most (0: all; tests only)
     track_repeats: int = 2  # pseudo-tracks per enrolled / non-enrolled LFW eval person
@@ -283,7 +284,7 @@ def score_model(rec: EmbeddingRecognizer, data: Data, stranger_idx: dict[int, np
     out["verification"] = ev.verification(lfw_emb, pairs)
     out["sizes"] = gallery_sizes(cal_gal, lfw_emb, strangers["strangers_heldout"], sha, dim, cfg.seed)
     if data.celeba is not None:
-        out.update(celeba_sets(rec, data.celeba, sha, dim, desc))
+        out.update(celeba_sets(rec, data.celeba, sha, dim, cfg.celeba_gallery, desc))
     return out
 
 
@@ -298,8 +299,11 @@ def gallery_sizes(cal_gal: dict[str, list[int]], emb: np.ndarray, impostors: np.
     return out
 
 
-def celeba_sets(rec: EmbeddingRecognizer, faces: Faces, sha: str, dim: int, desc: str) -> dict[str, Any]:
-    """CelebA eval identities: the open set and verification."""
+def celeba_sets(rec: EmbeddingRecognizer, faces: Faces, sha: str, dim: int, per_gallery: int,
+                desc: str) -> dict[str, Any]:
+    """CelebA eval identities: the open set (the enrolled people split into disjoint galleries of about
+    ``per_gallery``, as large as the LFW eval gallery; every gallery against every non-enrolled person) and
+    verification."""
     people = faces.people()
     gal, gen, imp = enrolled_split(people, False, ev.GALLERY_SEED)
     multi = sorted(p for p, v in people.items() if len(v) > 1)  # every fold needs same-person pairs
@@ -307,11 +311,13 @@ def celeba_sets(rec: EmbeddingRecognizer, faces: Faces, sha: str, dim: int, desc
     pairs = ev.make_pairs(ordered, np.random.default_rng(ev.PAIR_SEED))
     used = sorted({*flat(gal)[0], *flat(gen)[0], *flat(imp)[0], *pairs[:, 1].tolist(), *pairs[:, 2].tolist()})
     emb = embed(rec, faces.crops, np.array(used, np.int64), desc=f"{desc} celeba")
-    gi, gn = flat(gen)
-    gidx, gnames = flat(gal)
-    return {"celeba": OpenSet.score(enroll(sha, dim, emb[gidx], gnames), emb[gi], gn,
-                                    {"celeba_people": emb[flat(imp)[0]]}),
-            "celeba_verification": ev.verification(emb, pairs)}
+    impostors = {"celeba_people": emb[flat(imp)[0]]}
+    sets = []
+    for chunk in np.array_split(np.array(sorted(gal)), max(1, round(len(gal) / per_gallery))):
+        gidx, gnames = flat({str(p): gal[str(p)] for p in chunk})
+        gi, gn = flat({str(p): gen[str(p)] for p in chunk})
+        sets.append(OpenSet.score(enroll(sha, dim, emb[gidx], gnames), emb[gi], gn, impostors))
+    return {"celeba": OpenSet.pooled(sets), "celeba_verification": ev.verification(emb, pairs)}
 
 
 def calibrate_thresholds(calib: OpenSet, cfg: CalibConfig) -> dict[str, float]:
@@ -339,7 +345,8 @@ def fixed_figures(sets: dict[str, Any]) -> dict[str, Any]:
                                                             "eval": sets["eval"].counts()}}
     if "celeba" in sets:
         out.update(celeba_dir=sets["celeba"].dir_at_fpir("celeba_people"),
-                   celeba_verification=sets["celeba_verification"], )
+                   celeba_verification=sets["celeba_verification"],
+                   celeba_threshold_for_fpir_1pct=threshold_at(sets["celeba"].impostors["celeba_people"], 0.01))
         out["counts"]["celeba"] = sets["celeba"].counts()
     return out
 
@@ -355,7 +362,7 @@ def track_specs(data: Data, cfg: CalibConfig) -> list[TrackSpec]:
     rng = np.random.default_rng(cfg.seed + 1)
 
     def spec(faces: Faces, person: str, idx: list[int], enrolled: bool, kind: str) -> TrackSpec:
-        pick = [int(i) for i in rng.permutation(idx)[:3]]
+        pick = [int(i) for i in rng.permutation(idx)[:-(-cfg.track.frames // cfg.track.frames_per_photo)]]
         photos = [np.asarray(cv2.imread(str(faces.path[i]))) for i in pick]
         return TrackSpec(person, enrolled, kind, photos, [float(faces.side[i]) for i in pick])
 

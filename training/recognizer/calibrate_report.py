@@ -121,9 +121,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"(gallery {s['counts']['eval']['gallery_people']} people x 3 photos, "
         f"{s['counts']['eval']['genuine_probes']} genuine probes, "
         f"{s['counts']['eval']['impostor_probes_eval_people']} probes of the eval people not enrolled) and "
-        + (f"CelebA eval identities (`data.celeba_split`, {celeba.get('people', 0):,} people; gallery "
-           f"{s['counts']['celeba']['gallery_people']}, {s['counts']['celeba']['genuine_probes']} genuine / "
-           f"{s['counts']['celeba']['impostor_probes_celeba_people']} impostor probes)." if "celeba" in s['counts']
+        + (f"CelebA eval identities (`data.celeba_split`, {celeba.get('people', 0):,} people, 89x109 photos; "
+           f"{s['counts']['celeba']['galleries']} disjoint galleries of about "
+           f"{s['counts']['celeba']['gallery_people']} people, {s['counts']['celeba']['genuine_probes']} genuine "
+           f"probes; the people not enrolled against every gallery, "
+           f"{s['counts']['celeba']['impostor_probes_celeba_people']:,} impostor trials)." if "celeba" in s['counts']
            else "no CelebA (not staged).")
         + " The teacher embeds a seeded subsample of the strangers "
         f"({_get(r, 'models', 'teacher', 'strangers_embedded', 'calibration') or 0:,} / "

@@ -55,6 +55,16 @@ class OpenSet:
     genuine_true: np.ndarray  # (G,) the probe's person
     genuine_score: np.ndarray  # (G,) best score
     impostors: dict[str, np.ndarray] = field(default_factory=dict)  # set name -> (I,) best score per probe
+    galleries: int = 1  # pooled from this many disjoint galleries of about ``gallery_people`` each
+
+    @staticmethod
+    def pooled(sets: list[OpenSet]) -> OpenSet:
+        """Several disjoint galleries' probes as one set (an impostor probe counts once per gallery)."""
+        cat = np.concatenate
+        return OpenSet(round(float(np.mean([s.gallery_people for s in sets]))),
+                       cat([s.genuine_pred for s in sets]), cat([s.genuine_true for s in sets]),
+                       cat([s.genuine_score for s in sets]),
+                       {k: cat([s.impostors[k] for s in sets]) for k in sets[0].impostors}, len(sets))
 
     @staticmethod
     def score(gallery: Gallery, genuine_emb: np.ndarray, genuine_names: list[str] | np.ndarray,
@@ -91,7 +101,8 @@ class OpenSet:
 
     def counts(self) -> dict[str, int]:
         """Probe counts: gallery people, genuine probes, impostor probes per set."""
-        return {"gallery_people": self.gallery_people, "genuine_probes": len(self.genuine_score),
+        return {"gallery_people": self.gallery_people, "galleries": self.galleries,
+                "genuine_probes": len(self.genuine_score),
                 **{f"impostor_probes_{k}": len(s) for k, s in self.impostors.items()}}
 
 

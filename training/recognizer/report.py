@@ -171,7 +171,8 @@ def update_model_folder(rows: list[dict], out: Path) -> None:
     data = json.loads(mj.read_text())
     keys = ("params", "macs", "file", "zip", "huffman", "acc", "acc_std", "dir", "rank1", "ms", "speedup",
             "speedup_fp32", "pairs")
-    data["metrics"] = {"shipped": {k: shipped.get(k) for k in keys},
+    data["metrics"] = {**data.get("metrics", {}),  # other commands' figures stay (calibrate: "calibration")
+                       "shipped": {k: shipped.get(k) for k in keys},
                        "teacher": {k: teacher.get(k) for k in keys} if teacher else None,
                        "protocol": "LFW eval people (100, never trained on), crops from our detector; 10-fold "
                                    "verification on 6000 seeded pairs; open-set DIR at 1% FAR (50 enrolled x 3 "

@@ -47,12 +47,12 @@ from training.recognizer.stills import central_index
 class TrackConfig:
     """How pseudo-tracks are made."""
 
-    frames: int = 12  # frames per track (the daemon's recognizer.max_votes is 10: the last ones may not vote)
+    frames: int = 16  # frames per track (the daemon's recognizer.max_votes is 10: later frames may not vote)
     frames_per_photo: int = 4  # consecutive frames showing the same photo
-    start_px: float = 20.0  # face box side in the first frame
+    start_px: float = 28.0  # face box side in the first frame (the quality gate's default minimum is 24)
     end_px: float = 112.0  # ... in the last frame (at most the photo's own face size)
-    degraded: int = 5  # first frames blurred and JPEG-compressed
-    blur: float = 2.0  # Gaussian sigma of the first frame, falling linearly to 0 at frame ``degraded``
+    degraded: int = 6  # first frames blurred and JPEG-compressed
+    blur: float = 1.5  # Gaussian sigma of the first frame, falling linearly to 0 at frame ``degraded``
     jpeg: int = 40  # JPEG quality of the degraded frames
     frame_w: int = 320
     frame_h: int = 240
@@ -145,32 +145,40 @@ def daemon_config() -> Config:
 
 
 def run_pipeline(frames: list[np.ndarray], det: RecordingDetector, rec: EmbeddingRecognizer, cfg: Config,
-                 fps: float) -> list[dict[str, Any]]:
-    """Event payloads of one track's frames through a fresh ``Pipeline``."""
+                 fps: float) -> tuple[list[dict[str, Any]], str]:
+    """One track's frames through a fresh ``Pipeline``: the event payloads of the tracks that held the face
+    nearest the frame centre (the person; a bystander in a photo has tracks of their own), and the id of the last
+    such track."""
     pipe = Pipeline(cfg, det, rec, run_id="pseudo")
-    events = []
+    events, ids, last = [], set(), ""
     for k, bgr in enumerate(frames):
         events += [e.payload for e in pipe.process(Frame(k, k / fps, bgr))]
+        obs = pipe.last_observations
+        if obs:
+            j = central_index(np.array([o.box for o in obs]), bgr.shape)
+            last = obs[j].track.id
+            ids.add(last)
     events += [e.payload for e in pipe.finish(Frame(len(frames), len(frames) / fps, frames[-1]))]
-    return events
+    return [e for e in events if e["id"] in ids], last
 
 
-def outcome(events: list[dict[str, Any]], person: str, enrolled: bool) -> str:
-    """A track's verdict from its events (see the module docstring)."""
+def outcome(events: list[dict[str, Any]], person: str, enrolled: bool, last_id: str | None = None) -> str:
+    """A track's verdict from its events (see the module docstring); the final identity is that of the last event
+    of track ``last_id`` (default: the last event)."""
     if not events:
         return "no_event"
     named = [e["identity"] for e in events if e["status"] == "known"]
+    last = next((e for e in reversed(events) if e.get("id") == last_id), events[-1])
     if enrolled:
         if any(n != person for n in named):
             return "wrong"
-        last = events[-1]
         if last["status"] == "known" and last["identity"] == person:
             first = next(i for i, e in enumerate(events) if e["status"] == "known")
             return "right" if any(e["status"] == "unknown" for e in events[:first]) else "right_once"
         return "not_named"
     if named:
         return "wrong"
-    return "unknown" if events[-1]["status"] == "unknown" else "uncertain"
+    return "unknown" if last["status"] == "unknown" else "uncertain"
 
 
 def sequence(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -250,23 +258,22 @@ def quality_weight(q: Quality, full_px: float = 64.0, full_sharpness: float = 10
 
 
 def weighted_vote(votes: list[Vote], weights: list[float], min_weight: float = 1.0) -> tuple[str, str, float]:
-    """Proposed rule: ``edgecam.track.vote`` with each vote counting its quality weight instead of 1, and no name
-    before the track's votes weigh ``min_weight`` (one good crop) in all: until then ``uncertain``."""
+    """Proposed rule: ``edgecam.track.vote`` with each vote counting its quality weight instead of 1, and no verdict
+    (status ``uncertain``, the leading candidate as the name) until the track's votes weigh ``min_weight`` (one
+    good crop) in all: a track confirmed before any crop passed the gate is pending, not ``unknown``."""
     tally: dict[str, float] = {}
     for v, w in zip(votes, weights, strict=True):
         label = v.name if v.status == "known" else "unknown" if v.status == "unknown" else None
         if label is not None:
             tally[label] = tally.get(label, 0.0) + w
     total = sum(weights)
-    if not tally:
-        return "unknown", "uncertain" if votes else "unknown", 0.0
-    winner = max(tally, key=lambda k: tally[k])
-    share = tally[winner] / total if total > 0 else 0.0
-    if total < min_weight:
-        return (winner if winner != "unknown" else "unknown"), "uncertain", round(share, 3)
+    winner = max(tally, key=lambda k: tally[k]) if tally else "unknown"
+    share = round(tally[winner] / total, 3) if tally and total > 0 else 0.0
+    if total < min_weight or not tally:
+        return winner, "uncertain", share
     if winner == "unknown":
-        return "unknown", "unknown", round(share, 3)
-    return winner, "known" if share >= 0.5 else "uncertain", round(share, 3)
+        return "unknown", "unknown", share
+    return winner, "known" if share >= 0.5 else "uncertain", share
 
 
 def replay_votes(rec: Recorded, cfg: Config, rule: VoteRule, best_votes: bool) -> list[dict[str, Any]]:
@@ -322,13 +329,13 @@ def run_tracks(specs: list[TrackSpec], det: FaceDetector, recs: dict[str, Embedd
         for i in tqdm(idx, desc=f"tracks {name}", mininterval=5):
             s = specs[i]
             frames = make_frames(s, cfg)
-            events = run_pipeline(frames, rdet, cached, dcfg, cfg.fps)
+            events, last_id = run_pipeline(frames, rdet, cached, dcfg, cfg.fps)
             recd = record(frames, rdet, cached, gate, i)
             same = replay_votes(recd, dcfg, tracker_rule, best_votes=False)
             prop = replay_votes(recd, dcfg, weighted_vote, best_votes=True)
             agree += sequence(events) == sequence(same)
-            for key, evs in (("runtime", events), ("proposed", prop), ("replayed", same)):
-                verdicts[key].setdefault(s.kind, []).append(outcome(evs, s.person, s.enrolled))
+            for key, evs, last in (("runtime", events, last_id), ("proposed", prop, None), ("replayed", same, None)):
+                verdicts[key].setdefault(s.kind, []).append(outcome(evs, s.person, s.enrolled, last))
         result[name] = {rule: {kind: rates(v, kind == "genuine") for kind, v in per.items()}
                         for rule, per in verdicts.items() if rule != "replayed"}
         result[name]["replay_matches_pipeline"] = round(agree / max(len(idx), 1), 4)
