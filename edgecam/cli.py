@@ -1,4 +1,5 @@
-"""The ``edgecam`` command line: detect, enroll, identify, gallery, replay, run, check-config, bench, models verify.
+"""The ``edgecam`` command line: detect, enroll, identify, gallery, replay, run, check-config, bench, models verify,
+visitors.
 
 Exit codes: 0 ok, 2 bad usage / config / input (one line per problem on stderr, naming the thing that is wrong),
 1 anything else. Commands import their stage modules lazily so ``edgecam --help`` stays fast.
@@ -379,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "matplotlib; default: none)")
     _add_runtime_options(p, config_required=False)
     p.set_defaults(func=cmd_bench)
+
+    from edgecam.tools import visitors
+
+    visitors.add_parser(sub)
 
     p = sub.add_parser("models", help="model artifacts: verify them against their model.json")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")

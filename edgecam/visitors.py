@@ -161,7 +161,7 @@ class VisitorStore:
     """
 
     def __init__(self, path: Path, model_sha: str | None = None, dim: int | None = None, threshold: float = 0.5,
-                 max_visitors: int = 1000, max_bytes: int = 64 << 20, retention_days: float | None = 30.0,
+                 max_visitors: int = 1000, max_bytes: int = 64 << 20, retention_days: float | None = None,
                  embeddings_per_visitor: int = 16, fsync: bool = True,
                  clock: Callable[[], float] = time.time) -> None:
         if max_visitors < 1 or max_bytes < 1 or embeddings_per_visitor < 1:
