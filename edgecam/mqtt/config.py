@@ -112,6 +112,8 @@ class MqttConfig(BaseModel):
     reconnect_min_s: float = Field(1.0, ge=0.1, le=60, description="First reconnect delay; doubles per failure")
     reconnect_max_s: float = Field(60.0, ge=0.1, le=3600, description="Longest reconnect delay")
     allow_enroll: bool = Field(False, description="Accept enrollment commands over MQTT (state-changing; off)")
+    allow_visitors: bool = Field(False, description="Accept visitor commands over MQTT: name a visitor (into the "
+                                 "gallery) or forget one (state-changing; off)")
 
     @field_validator("host")
     @classmethod

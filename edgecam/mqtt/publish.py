@@ -74,7 +74,7 @@ class Publisher:
         self._retained = RetainedCache()  # latest-wins messages, re-sent on connect
         self._announced = AnnouncedPeople(self.state_dir / f"ha-{device_id(camera, cfg.prefix)}.json")
         self._router = CommandRouter(self.topics, cfg.allow_enroll, f"{cfg.discovery_prefix}/status",
-                                     self._on_ha_status_online, self.publish_state)
+                                     self._on_ha_status_online, self.publish_state, cfg.allow_visitors)
         self._last_error: str | None = None
         self._paho_error: str | None = None
         self._refused = False
@@ -242,13 +242,13 @@ class Publisher:
             return
         self._client.publish(self.topics.stats, _to_json({**stats, "mqtt": self.status()}), qos=0)
 
-    def publish_discovery(self, people: list[str]) -> None:
+    def publish_discovery(self, people: list[str], visitors: bool = False) -> None:
         """Publish (retained) the Home Assistant discovery config with a binary_sensor per enrolled person.
 
         The people announced are remembered in the state dir (``ha-<device id>.json``), so people removed from
         the gallery, in this run or while the daemon was down, are sent in HA's removal form for
         ``REMOVAL_KEEP_S`` and their retained ON/OFF topics are cleared. No-op when ``cfg.discovery`` is off. A
-        person without a published state starts as ``OFF``.
+        person without a published state starts as ``OFF``. ``visitors``: announce the visitor entities too.
 
         Raises:
             ValueError: A name that is not one topic level or is reserved.
@@ -257,7 +257,7 @@ class Publisher:
             return
         people = [check_name(p, "person name") for p in dict.fromkeys(people)]
         removed = self._announced.update(people, time.time())
-        config = discovery_config(self.topics, people, removed, qos=self.cfg.qos)
+        config = discovery_config(self.topics, people, removed, qos=self.cfg.qos, visitors=visitors)
         self._publish_latest(self.discovery_topic, _to_json(config), qos=1)
         for person in removed:
             self._clear_state(person)
@@ -294,11 +294,27 @@ class Publisher:
             self._publish_latest(self.topics.last_recognized, _to_json(payload), qos=1)
         self._wake.set()
 
+    def publish_visitor(self, payload: dict[str, Any], crop: bytes | None = None,
+                        frame_time: float | None = None) -> None:
+        """Queue a visitor message (``{"event_type": "new_visitor" | "visitor_again", ...}``) for ``<base>/visitor``
+        through the outbox like events (never retained: HA's event entities ignore retained messages), and the
+        visitor's best crop, retained, on ``<base>/visitor/image`` (latest wins)."""
+        if self._state != "started" or self._sender is None:
+            raise RuntimeError(f"publish_visitor on a publisher that is {self._state}")
+        t0 = time.monotonic() if frame_time is None else frame_time
+        _, dropped = self._sender.put(self.topics.visitor, _to_json(payload), self.cfg.qos, t0)
+        if dropped:
+            self._note_drops(dropped)
+        if crop is not None:
+            self._publish_latest(self.topics.visitor_image, bytes(crop), qos=0)
+        self._wake.set()
+
     def on_command(self, callback: CommandCallback) -> None:
         """Call ``callback(command, payload)`` for every valid command (from paho's network thread: be quick).
 
-        ``command`` is ``detection`` (payload ``b"ON"``/``b"OFF"``), ``snapshot`` (``b""``) or ``enroll``
-        (the person name, only when ``mqtt.allow_enroll``). Invalid commands are logged and never reach it.
+        ``command`` is ``detection`` (payload ``b"ON"``/``b"OFF"``), ``snapshot`` (``b""``), ``enroll``
+        (the person name, only when ``mqtt.allow_enroll``) or ``visitor`` (JSON, only when
+        ``mqtt.allow_visitors``). Invalid commands are logged and never reach it.
         After a detection command the new state is echoed to ``<prefix>/<camera>/detection``.
         """
         self._router.callbacks.append(callback)

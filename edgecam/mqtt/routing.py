@@ -27,11 +27,14 @@ class CommandRouter:
         on_ha_online: Called when Home Assistant comes (back) online.
         echo_state: ``echo_state(name, value)`` publishes a state: the new ``detection`` state after its command
             was applied by every callback.
+        allow_visitors: Whether ``set/visitor`` is accepted (``mqtt.allow_visitors``).
     """
 
     def __init__(self, topics: Topics, allow_enroll: bool, ha_status_topic: str,
-                 on_ha_online: Callable[[], None], echo_state: Callable[[str, str], None]) -> None:
+                 on_ha_online: Callable[[], None], echo_state: Callable[[str, str], None],
+                 allow_visitors: bool = False) -> None:
         self.topics, self.allow_enroll, self.ha_status_topic = topics, allow_enroll, ha_status_topic
+        self.allow_visitors = allow_visitors
         self.on_ha_online, self.echo_state = on_ha_online, echo_state
         self.callbacks: list[CommandCallback] = []
         self.counts = {"commands": 0, "bad_commands": 0}
@@ -50,7 +53,7 @@ class CommandRouter:
     def dispatch(self, command: str, payload: bytes) -> None:
         """Validate a command and hand it to the callbacks; a bad one is logged and ignored."""
         try:
-            value = parse_command(command, payload, self.allow_enroll)
+            value = parse_command(command, payload, self.allow_enroll, self.allow_visitors)
         except CommandError as exc:
             self.counts["bad_commands"] += 1
             logger.warning("MQTT: ignored command %s/set/%s: %s", self.topics.base, command[:60], exc)

@@ -14,9 +14,14 @@ Topics (``<prefix>`` default ``edgecam``)::
     <prefix>/<camera>/recognized       {"event_type": ...}    QoS 1, through the outbox: "recognized" (a track
                                                               is first named), "unknown" (a face nobody knows)
     <prefix>/<camera>/last_recognized  {"identity": ...}      retained: the latest "recognized"
+    <prefix>/<camera>/visitor          {"event_type": ...}    QoS 1, through the outbox (visitors enabled):
+                                                              "new_visitor" / "visitor_again" (visitor-17 4th time)
+    <prefix>/<camera>/visitor/image    JPEG                   retained: that visitor's best crop
     <prefix>/<camera>/set/detection    ON | OFF               command
     <prefix>/<camera>/set/snapshot     anything               command: publish a snapshot now
     <prefix>/<camera>/set/enroll       {"name": "..."}        command, refused unless mqtt.allow_enroll
+    <prefix>/<camera>/set/visitor      {"visitor": "visitor-17", "name": "..."} or {"visitor": ..., "forget": true}
+                                                              command, refused unless mqtt.allow_visitors
 
 Home Assistant device discovery: one retained config at ``<discovery_prefix>/device/<device id>/config`` (the
 device id is ``edgecam_<camera>`` under the default prefix, ``edgecam_<prefix>__<camera>`` under another, so
@@ -25,7 +30,8 @@ topic, and components, each with its own ``qos``: an ``event`` (face events), tw
 one-line automations (``Recognized``: a person is named, ``Unknown face``), a ``sensor`` with the last person
 recognized, an ``image`` (snapshot), a ``sensor`` (faces in view), a ``switch`` (detection) and a ``button``
 (snapshot now) in the config category, diagnostic sensors from the stats topic (frames/s, events dropped,
-events queued, broker link) and a ``binary_sensor`` per enrolled person. A person who is gone is sent as
+events queued, broker link) and a ``binary_sensor`` per enrolled person; with visitors enabled, a ``Visitor``
+``event`` (new visitor / seen again) and a ``Visitor face`` ``image``. A person who is gone is sent as
 ``{"p": "binary_sensor"}``, Home Assistant's removal form.
 """
 
@@ -51,11 +57,15 @@ RECOGNIZED = "recognized"
 LAST_RECOGNIZED = "last_recognized"
 """Topic level of the retained latest recognition (the "last recognized" sensor)."""
 RECOGNITION_TYPES = ("recognized", "unknown")
-RESERVED_NAMES = frozenset({"events", "snapshot", "stats", "set", "availability", RECOGNIZED, LAST_RECOGNIZED})
+VISITOR = "visitor"
+"""Topic level of the visitor messages (``new_visitor`` / ``visitor_again``); the crop is under ``visitor/image``."""
+VISITOR_TYPES = ("new_visitor", "visitor_again")
+RESERVED_NAMES = frozenset({"events", "snapshot", "stats", "set", "availability", RECOGNIZED, LAST_RECOGNIZED,
+                            VISITOR})
 RESERVED_PERSON_NAMES = RESERVED_NAMES | {FACES_STATE, DETECTION_STATE}
 """A person's state topic is ``<prefix>/<camera>/<name>``: these would collide with edgecam's own topics."""
 MAX_COMMAND_BYTES = 1024
-COMMANDS = ("detection", "snapshot", "enroll")
+COMMANDS = ("detection", "snapshot", "enroll", "visitor")
 
 _NAME_BAD = re.compile(r"[/#+\x00-\x1f\x7f]")
 _PERSON_NAME = re.compile(r"^[\w][\w .'\-]{0,63}$")
@@ -121,6 +131,14 @@ class Topics:
         return f"{self.base}/{LAST_RECOGNIZED}"
 
     @property
+    def visitor(self) -> str:
+        return f"{self.base}/{VISITOR}"
+
+    @property
+    def visitor_image(self) -> str:
+        return f"{self.base}/{VISITOR}/image"
+
+    @property
     def commands(self) -> str:
         """Subscription filter of every command topic."""
         return f"{self.base}/set/#"
@@ -137,19 +155,21 @@ class Topics:
         return topic[len(head) :] if topic.startswith(head) else None
 
 
-def parse_command(command: str, payload: bytes, allow_enroll: bool = False) -> bytes:
+def parse_command(command: str, payload: bytes, allow_enroll: bool = False, allow_visitors: bool = False) -> bytes:
     """Validate a command payload and return its normalised form.
 
     Args:
-        command: The topic level after ``set/`` (``detection``, ``snapshot``, ``enroll``).
+        command: The topic level after ``set/`` (``detection``, ``snapshot``, ``enroll``, ``visitor``).
         payload: The raw message payload.
         allow_enroll: Whether enrollment over MQTT is switched on.
+        allow_visitors: Whether naming / forgetting visitors over MQTT is switched on.
 
     Returns:
-        ``b"ON"``/``b"OFF"`` for detection, ``b""`` for snapshot, the UTF-8 person name for enroll.
+        ``b"ON"``/``b"OFF"`` for detection, ``b""`` for snapshot, the UTF-8 person name for enroll, compact JSON
+        ``{"visitor": "visitor-17", "name": "Alice"}`` or ``{"visitor": "visitor-17", "forget": true}`` for visitor.
 
     Raises:
-        CommandError: Unknown command, oversized or malformed payload, or enrollment while disabled.
+        CommandError: Unknown command, oversized or malformed payload, or enrollment / visitors while disabled.
     """
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(f"payload of {len(payload)} bytes (at most {MAX_COMMAND_BYTES})")
@@ -162,6 +182,8 @@ def parse_command(command: str, payload: bytes, allow_enroll: bool = False) -> b
         return b""
     if command == "enroll":
         return _parse_enroll(payload, allow_enroll)
+    if command == VISITOR:
+        return _parse_visitor(payload, allow_visitors)
     raise CommandError(f"unknown command {command[:60]!r} (known: {', '.join(COMMANDS)})")
 
 
@@ -179,6 +201,30 @@ def _parse_enroll(payload: bytes, allow_enroll: bool) -> bytes:
     if not isinstance(name, str) or not _PERSON_NAME.match(name):
         raise CommandError(f'enroll payload {payload[:60]!r}: want {{"name": <1-64 letters, digits, space . \' ->}}')
     return name.encode("utf-8")
+
+
+_VISITOR_ID = re.compile(r"^visitor-[1-9][0-9]{0,17}$")
+
+
+def _parse_visitor(payload: bytes, allow_visitors: bool) -> bytes:
+    """``{"visitor": "visitor-17", "name": "Alice"}`` (name) or ``{"visitor": "visitor-17", "forget": true}``."""
+    if not allow_visitors:
+        raise CommandError("visitor commands over MQTT are off (set mqtt.allow_visitors: true to allow them)")
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CommandError(f"visitor payload is not JSON: {exc}") from None
+    want = 'want {"visitor": "visitor-<n>", "name": <person>} or {"visitor": "visitor-<n>", "forget": true}'
+    if not isinstance(obj, dict) or not isinstance(obj.get("visitor"), str) or not _VISITOR_ID.match(obj["visitor"]):
+        raise CommandError(f"visitor payload {payload[:60]!r}: {want}")
+    if set(obj) == {"visitor", "forget"} and obj["forget"] is True:
+        return json.dumps({"visitor": obj["visitor"], "forget": True}).encode()
+    name = obj.get("name")
+    if set(obj) != {"visitor", "name"} or not isinstance(name, str) or not _PERSON_NAME.match(name):
+        raise CommandError(f"visitor payload {payload[:60]!r}: {want}")
+    if name in RESERVED_PERSON_NAMES:
+        raise CommandError(f"visitor name {name!r} is reserved ({', '.join(sorted(RESERVED_PERSON_NAMES))})")
+    return json.dumps({"visitor": obj["visitor"], "name": name}).encode()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,7 +272,7 @@ def person_key(dev: str, person: str) -> str:
 
 
 def discovery_config(topics: Topics, people: list[str], removed: list[str] | None = None,
-                     qos: int = 1) -> dict[str, Any]:
+                     qos: int = 1, visitors: bool = False) -> dict[str, Any]:
     """The device discovery payload of one camera.
 
     Args:
@@ -236,6 +282,7 @@ def discovery_config(topics: Topics, people: list[str], removed: list[str] | Non
             which tells Home Assistant to remove them.
         qos: QoS of every component's subscriptions (set per component: HA before 2026.6 ignores it on the
             device).
+        visitors: Visitors are enabled: a ``Visitor`` event entity and a ``Visitor face`` image.
     """
     dev = device_id(topics.camera, topics.prefix)
     components: dict[str, dict[str, Any]] = {
@@ -277,6 +324,7 @@ def discovery_config(topics: Topics, people: list[str], removed: list[str] | Non
             "icon": "mdi:camera",
         },
         **_diagnostic_components(topics, dev),
+        **(_visitor_components(topics, dev) if visitors else {}),
     }
     for person in people:
         key = person_key(dev, person)
@@ -348,6 +396,27 @@ def _recognition_components(topics: Topics, dev: str) -> dict[str, dict[str, Any
         "icon": "mdi:account-clock",
     }
     return out
+
+
+def _visitor_components(topics: Topics, dev: str) -> dict[str, dict[str, Any]]:
+    """The visitor event entity ("new visitor" / "visitor-17 again (4th time)") and the visitor's best crop."""
+    return {
+        f"{dev}_visitor": {
+            "p": "event",
+            "name": "Visitor",
+            "unique_id": f"{dev}_visitor",
+            "state_topic": topics.visitor,
+            "event_types": list(VISITOR_TYPES),
+            "icon": "mdi:account-clock-outline",
+        },
+        f"{dev}_visitor_face": {
+            "p": "image",
+            "name": "Visitor face",
+            "unique_id": f"{dev}_visitor_face",
+            "image_topic": topics.visitor_image,
+            "content_type": "image/jpeg",
+        },
+    }
 
 
 def _diagnostic_components(topics: Topics, dev: str) -> dict[str, dict[str, Any]]:
