@@ -162,6 +162,7 @@ class FakePublisher:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.snapshots: list[bytes] = []
+        self.recognitions: list[dict[str, Any]] = []
         self.states: list[tuple[str, Any]] = []
         self.stats: list[dict[str, Any]] = []
         self.discovery: list[list[str]] = []
@@ -171,6 +172,10 @@ class FakePublisher:
         json.dumps(event)
         self.events.append(event)
         return len(self.events)
+
+    def publish_recognition(self, payload: dict[str, Any], frame_time: float | None = None) -> None:
+        json.dumps(payload)
+        self.recognitions.append(payload)
 
     def publish_snapshot(self, jpeg: bytes) -> None:
         self.snapshots.append(jpeg)
@@ -225,9 +230,10 @@ def test_app_publishes_events_snapshots_states(tmp_path: Path) -> None:
     rec = NamedRecognizer()
     cfg = config(recognizer={"type": "classifier", "model": "."})
     app = App(cfg, source=ReplaySource(clip), publisher=pub, detector=SquareDetector(), recognizer=rec, stdout=out)
-    run_app(app)
+    stats = run_app(app)
     assert out.getvalue() == ""  # a broker: nothing on stdout
-    assert [e["type"] for e in pub.events] == ["new", "end"]
+    assert [e["type"] for e in pub.events] == ["new", "end"] and stats["errors"] == 0
+    assert [(r["event_type"], r["identity"]) for r in pub.recognitions] == [("recognized", "alice")]
     assert pub.discovery == [["alice", "bob"]]
     jpeg = cv2.imdecode(np.frombuffer(pub.snapshots[0], np.uint8), cv2.IMREAD_COLOR)
     assert jpeg is not None and jpeg.shape[2] == 3

@@ -268,14 +268,13 @@ def test_two_prefixes_same_camera_name_are_two_clients_and_two_devices(
 
 def test_recognitions_once_per_track_and_name(broker: Broker, collector: Callable[..., Collector],
                                               tmp_path: Path) -> None:
-    from edgecam.app import App
-    from edgecam.config import parse_config
+    from edgecam.outputs import MqttEvents
 
-    app = App(parse_config({}))
-    app.recognizer = object()  # type: ignore[assignment]  # a recognizer runs: an unvoted face is not "unknown" yet
+    # recognition() alone needs no publisher; a recognizer runs: an unvoted face is not "unknown" yet
+    mqtt = MqttEvents(None, 90, recognizer_runs=True)  # type: ignore[arg-type]
 
     def ev(kind: str, track: str, name: str, status: str, votes: int) -> dict[str, Any] | None:
-        return app._recognition({"type": kind, "id": track, "identity": name, "status": status, "camera": CAM,
+        return mqtt.recognition({"type": kind, "id": track, "identity": name, "status": status, "camera": CAM,
                                  "frames": {"votes": votes}, "timestamp": 1.0, "start": 0.5, "scores": {}})
 
     said = [ev("new", "t1", "unknown", "unknown", 0), ev("update", "t1", "alice", "known", 3),
@@ -286,7 +285,7 @@ def test_recognitions_once_per_track_and_name(broker: Broker, collector: Callabl
     assert [(s["event_type"], s["identity"], s["id"]) if s else None for s in said] == [
         None, ("recognized", "alice", "t1"), None, None, ("unknown", "unknown", "t2"), None, None, None,
         ("unknown", "unknown", "t3")]
-    app.recognizer = None  # no recognizer: every face is unknown from its first event
+    mqtt.recognizer_runs = False  # no recognizer: every face is unknown from its first event
     assert ev("new", "t4", "unknown", "unknown", 0)["event_type"] == "unknown"  # type: ignore[index]
 
     sub = collector([f"edgecam/{CAM}/recognized", f"edgecam/{CAM}/last_recognized"])

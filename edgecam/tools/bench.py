@@ -30,10 +30,10 @@ from typing import Any
 import cv2
 
 from edgecam import EdgecamError
-from edgecam.app import encode_jpeg
 from edgecam.config import Config
 from edgecam.manifest import load_manifest
 from edgecam.motion import MotionGate
+from edgecam.outputs import encode_jpeg
 from edgecam.pipeline import STAGES, Detector, Pipeline, load_detector, load_recognizer
 from edgecam.sources import EndOfStream, Frame, ReplaySource
 from edgecam.tools.baseline import YuNetDetector, detector_info, is_model_folder
