@@ -101,3 +101,26 @@ def test_warm_restart_schedule_extends_the_first_cosine_unchanged() -> None:
     one, two = TrainConfig(iters=600, warmup=10), TrainConfig(iters=900, warmup=10, restart_at=600, restart_lr=1e-3)
     assert all(lr_at(s, one) == lr_at(s, two) for s in range(600))  # resuming a finished run is exact
     assert lr_at(600, two) == pytest.approx(1e-3) and lr_at(899, two) < 1e-4
+
+
+def test_init_from_an_exported_onnx_reproduces_it(tmp_path: Path) -> None:
+    from training.detector.export import export_fp32, fold_bn, quantize_weights
+    from training.detector.model import DeployHead, create_model
+    from training.detector.train import init_weights
+
+    torch.manual_seed(0)
+    src = create_model("tinyface_xs")
+    src.train()(torch.randn(4, 1, 64, 64))  # non-trivial BatchNorm statistics to fold
+    export_fp32(fold_bn(src.eval()), tmp_path / "fp32.onnx", size=(64, 96))
+    quantize_weights(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    x = torch.randn(8, 1, 64, 64)
+    dst = create_model("tinyface_xs")
+    init_weights(dst, tmp_path / "int8.onnx", x)
+    with torch.no_grad():
+        want = DeployHead(src.eval())(x)
+        got_eval = DeployHead(dst.eval())(x)
+        got_train = DeployHead(dst.train())(x)  # batch statistics of the same batch: nearly the folded function
+    assert (got_eval - want).abs().max() < 0.05  # int8 weight rounding only
+    assert (got_train[:, 0] - got_eval[:, 0]).abs().mean() < 1e-3
+    with pytest.raises(ValueError, match="another architecture"):
+        init_weights(create_model("tinyface_m"), tmp_path / "int8.onnx", x)

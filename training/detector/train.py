@@ -70,6 +70,7 @@ class TrainConfig:
     threads: int = 1  # torch intra-op threads
     limit: int = 0  # use only the first N train images (0 = all; CI uses a few)
     ckpt_every: int = 250  # steps between checkpoints
+    init: str = ""  # start from these weights: a checkpoint (.pt, its EMA) or a shipped ONNX of the same model
     run_config: str = ""  # the run config file these values came from (set by ``--config``; export records it)
     aug: AugConfig = field(default_factory=AugConfig)
 
@@ -205,7 +206,7 @@ def train(cfg: TrainConfig) -> Path:
                            limit=cfg.limit or None, soft_pseudo=cfg.soft_pseudo)
     negatives = [empty_sample(im) for im in load_negatives(Path(cfg.negatives))] if cfg.negatives else []
     sources, weights = [samples], [cfg.webfaces_weight]
-    for item in filter(None, cfg.extra.split(",")):
+    for item in filter(None, (i.strip() for i in cfg.extra.split(","))):
         path, _, w = item.rpartition(":")
         sources.append(load_folder(Path(path), Path(cfg.cache) if cfg.cache else None, cfg.extra_face_score))
         weights.append(float(w))
@@ -227,7 +228,11 @@ def train(cfg: TrainConfig) -> Path:
     step, history = 0, []
     rng = np.random.default_rng(cfg.seed)
 
-    # 4. resume
+    # 4. resume, or start from --init weights
+    if cfg.init and not ckpt_path.is_file():
+        init_weights(model, Path(cfg.init), make_batch(pool, negatives, cfg, rng, model.stride)[0])
+        ema.load_state_dict(model.state_dict())
+        logger.info("initialised from %s", cfg.init)
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
@@ -262,6 +267,64 @@ def train(cfg: TrainConfig) -> Path:
     logger.info("done: %d steps in %.0f s this session", step, time.time() - t0)
     write_curve(out, history)
     return ckpt_path
+
+
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, path: Path, x: torch.Tensor) -> None:
+    """Load a checkpoint's EMA weights, or the weights of an exported ONNX file of the same model.
+
+    An export has its BatchNorms folded into the convs (``export.fold_bn``) and int8 weights: each conv gets the
+    dequantized weight, and its BatchNorm is set so that it reproduces the folded bias exactly in eval mode and,
+    with running statistics measured on ``x`` (a training batch), nearly so in training mode.
+    """
+    if path.suffix == ".pt":
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["ema"])
+        return
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    arrays = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in g.initializer}
+    for n in g.node:  # int8 weights: DequantizeLinear(q, scale) per output channel
+        if n.op_type == "DequantizeLinear":
+            q, sc = arrays[n.input[0]], arrays[n.input[1]]
+            arrays[n.output[0]] = q * sc.reshape(-1, *[1] * (q.ndim - 1))
+    weights = [(arrays[n.input[1]], arrays[n.input[2]]) for n in g.node if n.op_type == "Conv"]
+    convs = _convs_in_run_order(model, x)
+    if len(convs) != len(weights):
+        raise ValueError(f"{path}: {len(weights)} convs, the model has {len(convs)} (another architecture?)")
+    stats = {}
+    for (conv, bn), (w, b) in zip(convs, weights, strict=True):
+        if tuple(conv.weight.shape) != w.shape:
+            raise ValueError(f"{path}: conv weight {w.shape} where the model has {tuple(conv.weight.shape)}")
+        conv.weight.copy_(torch.from_numpy(w))
+        if bn is None:
+            conv.bias.copy_(torch.from_numpy(b))
+        else:
+            bn.weight.fill_(1.0), bn.bias.copy_(torch.from_numpy(b)), bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+            bn.register_forward_hook(lambda m, i, o: stats.__setitem__(m, (i[0].mean((0, 2, 3)),
+                                                                           i[0].var((0, 2, 3)))))
+    model.eval()(x)  # exact folded function; the hooks see each BatchNorm's input statistics
+    for bn, (mu, var) in stats.items():
+        bn._forward_hooks.clear()
+        std = (var + bn.eps).sqrt()
+        bn.running_mean.copy_(mu), bn.running_var.copy_(var), bn.bias.add_(mu), bn.weight.copy_(std)
+    model.train()
+
+
+def _convs_in_run_order(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.nn.Conv2d, Any]]:
+    """(conv, its BatchNorm or None) in the order a forward pass runs them (the exported graph's order)."""
+    from training.detector.model import ConvBnAct
+
+    bn_of = {m[0]: m[1] for m in model.modules() if isinstance(m, ConvBnAct)}
+    order: list[torch.nn.Conv2d] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    model.eval()(x[:1])
+    for h in hooks:
+        h.remove()
+    return [(c, bn_of.get(c)) for c in order]
 
 
 @torch.no_grad()
