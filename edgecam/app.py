@@ -3,7 +3,9 @@
 ``App`` has a flat, reversible start sequence and one worker thread that reads frames, runs the pipeline and
 sends the events to the outputs (``edgecam.outputs``); between frames it applies the MQTT commands
 (``edgecam.commands``), and ``edgecam.health`` feeds the systemd watchdog while frames flow and reports stats.
-``edgecam run`` and ``edgecam replay`` both go through ``App``; only the source differs.
+``edgecam run`` and ``edgecam replay`` both go through ``App``; only the source differs. With visitors enabled the
+tracker records unknown tracks in the visitor store (``edgecam.visitors``); the worker reloads a gallery file that
+another process changed and expires old visitors.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from edgecam import EdgecamError, notify
 from edgecam.commands import Commands
@@ -28,9 +30,17 @@ from edgecam.pipeline import Detector, Pipeline, Recognizer, enrolled_people, lo
 from edgecam.sources import EndOfStream, Frame, Source, make_source
 from edgecam.track import Event
 
+if TYPE_CHECKING:
+    from edgecam.visitors import Visitors
+
 __all__ = ["App", "replay", "run_app", "run_daemon"]
 
 logger = logging.getLogger(__name__)
+
+GALLERY_CHECK_S = 2.0
+"""Seconds between two looks at the gallery file (a person named or enrolled by another process)."""
+EXPIRE_EVERY_S = 3600.0
+"""Seconds between two retention passes over the visitor store (visits also expire old visitors)."""
 
 
 # ---------------------------------------------------------------------------------------------- the daemon
@@ -73,13 +83,15 @@ class App:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._worker: threading.Thread | None = None
+        self.visitors: Visitors | None = None
+        self._next_gallery_check = self._next_expire = 0.0
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Bring the daemon up; on failure, undo what was done and re-raise."""
-        steps = (self.init_state_dir, self.init_source, self.init_models, self.init_pipeline, self.init_outputs,
-                 self.init_publisher, self.start_worker)
+        steps = (self.init_state_dir, self.init_source, self.init_models, self.init_pipeline, self.init_visitors,
+                 self.init_outputs, self.init_publisher, self.start_worker)
         try:
             for step in steps:
                 step()
@@ -117,8 +129,8 @@ class App:
         return self.health.stats()
 
     def init_state_dir(self) -> None:
-        """Create the state folder (outbox lives there) when a broker is configured."""
-        if self.cfg.mqtt is None and self.publisher is None:
+        """Create the state folder (outbox and visitors live there) when a broker is configured or visitors are on."""
+        if self.cfg.mqtt is None and self.publisher is None and not self.cfg.visitors.enabled:
             return
         try:
             self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +151,19 @@ class App:
         """The per-frame stages."""
         assert self.detector is not None
         self.pipeline = Pipeline(self.cfg, self.detector, self.recognizer)
+
+    def init_visitors(self) -> None:
+        """The visitor store in ``state_dir`` (``visitors.enabled``): the tracker records unknown tracks in it."""
+        if not self.cfg.visitors.enabled:
+            return
+        assert self.pipeline is not None
+        from edgecam.visitors import Visitors
+
+        self.visitors = stage = Visitors.from_config(self.cfg, self.recognizer)
+        self._cleanup.append(("visitors", stage.close))
+        self.pipeline.tracker.visitors = stage
+        logger.info("visitors: %d remembered in %s (threshold %.3f)", len(stage.store.visitors()),
+                    stage.store.path, stage.store.threshold)
 
     def init_source(self) -> None:
         """Open the camera or file (a live camera that is away is retried in the background)."""
@@ -177,6 +202,8 @@ class App:
         assert self.pipeline is not None and self.detector is not None
         self.mqtt = mqtt = MqttEvents(self.publisher, self.cfg.snapshot.jpeg_quality, self.recognizer is not None)
         self.commands = Commands(self.cfg, self.pipeline, self.detector, self.recognizer, mqtt, self._end_tracks)
+        if self.visitors is not None:
+            mqtt.visitors = self.commands.visitors = self.visitors.store
         self.publisher.on_command(self.commands.put)
         mqtt.announce(enrolled_people(self.recognizer))
         mqtt.set_state(DETECTION_STATE, bool(self.cfg.detector.enabled))
@@ -207,6 +234,7 @@ class App:
             while not self._stop.is_set():
                 if self.commands is not None:
                     self.commands.run(frame)
+                self._housekeeping(time.monotonic())
                 with self.pipeline.timer("source"):
                     got = self.source.next(timeout=0.5)
                 if got is not None:
@@ -236,6 +264,19 @@ class App:
             if self.progress is not None:
                 self.progress.close(self.pipeline)
             self._done.set()
+
+    def _housekeeping(self, now: float) -> None:
+        """Read a gallery file that another process changed (``edgecam visitors name``, ``enroll``), announce the
+        people it holds; forget the visitors past their retention."""
+        rcfg, rec = self.cfg.recognizer, self.recognizer
+        if now >= self._next_gallery_check and rcfg is not None and rcfg.gallery is not None:
+            self._next_gallery_check = now + GALLERY_CHECK_S
+            reload = getattr(rec, "reload_gallery", None)
+            if reload is not None and reload(rcfg.gallery) and self.mqtt is not None:
+                self.mqtt.announce(enrolled_people(rec))
+        if now >= self._next_expire and self.visitors is not None:
+            self._next_expire = now + EXPIRE_EVERY_S
+            self.visitors.store.expire()
 
     def _handle(self, frame: Frame, arrived: float) -> None:
         """Process one frame; an error is logged and counted, and the loop goes on."""

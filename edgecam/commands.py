@@ -1,4 +1,5 @@
-"""MQTT commands, applied in the daemon's worker thread: detection on/off, a snapshot now, enroll a face.
+"""MQTT commands, applied in the daemon's worker thread: detection on/off, a snapshot now, enroll a face, name or
+forget a visitor.
 
 The publisher validates a command on its network thread and ``put``\\ s it here; the worker calls ``run``
 between frames, so a command never races the pipeline. One handler per command (``HANDLERS``).
@@ -6,6 +7,7 @@ between frames, so a command never races the pipeline. One handler per command (
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgecam import EdgecamError
 from edgecam.crops import QualityGate, snapshot_crop
 from edgecam.pipeline import Detector, Pipeline, Recognizer, enrolled_people
 
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
     from edgecam.config import Config
     from edgecam.outputs import MqttEvents
     from edgecam.sources import Frame
+    from edgecam.visitors import VisitorStore
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +44,9 @@ class Commands:
         self.cfg, self.pipeline, self.detector, self.recognizer = cfg, pipeline, detector, recognizer
         self.mqtt, self.end_tracks = mqtt, end_tracks
         self._queue: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self.visitors: VisitorStore | None = None  # the visitor store, when visitors are enabled
         self.handlers: dict[str, Callable[[bytes, Frame | None], None]] = {
-            "detection": self.detection, "snapshot": self.snapshot, "enroll": self.enroll}
+            "detection": self.detection, "snapshot": self.snapshot, "enroll": self.enroll, "visitor": self.visitor}
 
     def put(self, command: str, payload: bytes) -> None:
         """Queue a validated command (any thread: the publisher calls this from its network thread)."""
@@ -110,6 +115,35 @@ class Commands:
         rec.gallery.save(rcfg.gallery)
         self.mqtt.announce(enrolled_people(rec))
         logger.info("enrolled %s from frame %d into %s", name, frame.index, rcfg.gallery)
+
+
+    def visitor(self, payload: bytes, frame: Frame | None) -> None:
+        """``{"visitor": "visitor-17", "name": "Alice"}``: the visitor's embeddings join the gallery (Alice is known
+        from the next recognition on); ``{"visitor": ..., "forget": true}``: deleted (``set/visitor``, off by
+        default)."""
+        from edgecam.recognize import EmbeddingRecognizer
+        from edgecam.visitors import name_visitor
+
+        cmd = json.loads(payload)
+        if self.visitors is None:
+            logger.warning("visitor %s: visitors are not enabled; ignored", cmd["visitor"])
+            return
+        rec, rcfg = self.recognizer, self.cfg.recognizer
+        try:
+            if cmd.get("forget"):
+                gone = self.visitors.forget([cmd["visitor"]])[0]
+                logger.info("forgot %s (%d visits)", gone.id, gone.visits)
+                return
+            if not isinstance(rec, EmbeddingRecognizer) or rcfg is None or rcfg.gallery is None:
+                logger.warning("visitor %s: naming needs recognizer.gallery (a gallery file); ignored",
+                               cmd["visitor"])
+                return
+            v = name_visitor(self.visitors, cmd["visitor"], cmd["name"], rec.gallery, rcfg.gallery)
+        except EdgecamError as e:
+            logger.warning("visitor command %s: %s; ignored", cmd["visitor"], e)
+            return
+        self.mqtt.announce(enrolled_people(rec))
+        logger.info("%s named %s (%d embeddings into %s)", v.id, cmd["name"], v.embeddings, rcfg.gallery)
 
 
 def snapshot_now(frame: Frame, pipeline: Pipeline, max_size: int) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 - ``JsonLines``: events as JSON lines (stdout without a broker, ``--events FILE``).
 - ``MqttEvents``: events, recognitions, snapshots and retained states to an ``EventPublisher``; a state goes
-  out only when it changed, and each track's recognition (``<base>/recognized``) is said once.
+  out only when it changed, and each track's recognition (``<base>/recognized``) is said once, as is its visitor
+  (``<base>/visitor``: "new visitor" / "visitor-17 again (4th time)", with the visitor's best crop).
 - ``EventPublisher``: what the daemon needs of an MQTT publisher (``edgecam.mqtt.publish.Publisher``, or a
   fake in the tests); ``EventOutput``, ``FrameView``, ``ProgressView``: the other outputs and per-frame hooks.
 """
@@ -24,6 +25,7 @@ from edgecam.track import Event, Track
 if TYPE_CHECKING:
     from edgecam.pipeline import Pipeline
     from edgecam.sources import Frame
+    from edgecam.visitors import VisitorStore
 
 
 class EventPublisher(Protocol):
@@ -39,7 +41,10 @@ class EventPublisher(Protocol):
 
     def publish_stats(self, stats: dict[str, Any]) -> None: ...
 
-    def publish_discovery(self, people: list[str]) -> None: ...
+    def publish_discovery(self, people: list[str], visitors: bool = False) -> None: ...
+
+    def publish_visitor(self, payload: dict[str, Any], crop: bytes | None = None,
+                        frame_time: float | None = None) -> None: ...
 
     def on_command(self, callback: Callable[[str, bytes], None]) -> None: ...
 
@@ -115,11 +120,17 @@ class MqttEvents:
         self.people: list[str] = []
         self._states: dict[str, Any] = {}
         self._recognized: dict[str, str] = {}  # track id -> what was said of it on <base>/recognized
+        self.visitors: VisitorStore | None = None  # the visitor store, when visitors are enabled
+        self._visited: set[str] = set()  # track ids whose visitor was said on <base>/visitor
 
     def announce(self, people: list[str]) -> None:
-        """The enrolled people (Home Assistant discovery, one presence state each)."""
+        """The enrolled people (Home Assistant discovery, one presence state each; the visitor entities when
+        visitors are enabled)."""
         self.people = list(people)
-        self.publisher.publish_discovery(self.people)
+        if self.visitors is not None:
+            self.publisher.publish_discovery(self.people, visitors=True)
+        else:
+            self.publisher.publish_discovery(self.people)
 
     def publish(self, event: Event, arrived: float) -> None:
         """One event (on disk first), its recognition if it says something new, and its snapshot."""
@@ -127,6 +138,9 @@ class MqttEvents:
         recognition = self.recognition(event.payload)
         if recognition is not None:
             self.publisher.publish_recognition(recognition, frame_time=arrived)
+        visit = self.visit(event.payload)
+        if visit is not None:
+            self.publisher.publish_visitor(visit, self._visitor_crop(visit["visitor"]), frame_time=arrived)
         if event.image is not None:
             self.snapshot(event.image)
 
@@ -156,6 +170,35 @@ class MqttEvents:
                 "camera": payload["camera"], "id": track, "timestamp": payload["timestamp"],
                 "start": payload["start"], "scores": payload["scores"], "snapshot": payload.get("snapshot")}
 
+    def visit(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """What an event says on ``<base>/visitor``, once per track: ``new_visitor`` or ``visitor_again`` as soon as
+        the track was recorded as a visit (visitors enabled), with the visitor's dates and cameras."""
+        track, visitor = payload["id"], payload.get("visitor")
+        if self.visitors is None or not visitor or track in self._visited:
+            if payload["type"] == "end":
+                self._visited.discard(track)
+            return None
+        if payload["type"] != "end":
+            self._visited.add(track)
+        visits = int(payload["visits"])
+        new = visits == 1
+        out = {"event_type": "new_visitor" if new else "visitor_again", "visitor": visitor, "visits": visits,
+               "message": f"new visitor {visitor}" if new else f"{visitor} again ({ordinal(visits)} time)",
+               "camera": payload["camera"], "id": track, "timestamp": payload["timestamp"],
+               "start": payload["start"], "snapshot": payload.get("snapshot")}
+        try:
+            v = self.visitors.get(visitor)
+            out.update(first_seen=v.first_seen, last_seen=v.last_seen, cameras=v.cameras)
+        except EdgecamError:  # forgotten in the meantime
+            pass
+        return out
+
+    def _visitor_crop(self, visitor: str) -> bytes | None:
+        try:
+            return self.visitors.crop(visitor) if self.visitors is not None else None
+        except EdgecamError:
+            return None
+
     def publish_states(self, in_view: Iterable[Track]) -> None:
         """Faces in view and each enrolled person's presence, published when they change."""
         in_view = list(in_view)
@@ -173,3 +216,9 @@ class MqttEvents:
     def detection_echoed(self, enabled: bool) -> None:
         """The publisher echoed the detection state after its command: remember it without sending it again."""
         self._states[DETECTION_STATE] = enabled
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st, ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

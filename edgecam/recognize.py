@@ -275,7 +275,24 @@ class EmbeddingRecognizer(Recognizer):
         if threshold is not None:  # stricter or looser matching: the uncertain band moves along
             self.t_known, self.t_unknown = float(threshold), float(threshold) - (self.t_known - self.t_unknown)
         self.model_sha = str(self.manifest.data["sha256"])
+        self._gallery_stamp = _file_stamp(gallery) if gallery else None
         self.gallery = Gallery.load(gallery, self.model_sha, self.dim) if gallery else Gallery(self.model_sha, self.dim)
+
+    def reload_gallery(self, path: Path) -> bool:
+        """Read the gallery file again when it changed since it was read (another process enrolled or named
+        someone: ``edgecam enroll``, ``edgecam visitors name``); whether it did. A file that cannot be read now
+        leaves the gallery as it was (logged)."""
+        stamp = _file_stamp(path)
+        if stamp is None or stamp == self._gallery_stamp:
+            return False
+        self._gallery_stamp = stamp
+        try:
+            self.gallery = Gallery.load(path, self.model_sha, self.dim)
+        except GalleryError as e:
+            logger.warning("gallery changed but cannot be read (keeping the one loaded): %s", e)
+            return False
+        logger.info("%s changed: %d people enrolled now", path, len(self.gallery.people))
+        return True
 
     @property
     def names(self) -> list[str]:
@@ -299,6 +316,15 @@ class EmbeddingRecognizer(Recognizer):
             st = self.status(float(score))
             out.append(Identity(name if st != "unknown" else "unknown", st, float(score), e))
         return out
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime ns, size) of a file, None when it cannot be read."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 class ClassifierRecognizer(Recognizer):

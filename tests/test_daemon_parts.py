@@ -44,8 +44,12 @@ class FakePublisher:
     def publish_stats(self, stats: dict[str, Any]) -> None:
         self.sent.append(("stats", stats))
 
-    def publish_discovery(self, people: list[str]) -> None:
+    def publish_discovery(self, people: list[str], visitors: bool = False) -> None:
         self.sent.append(("discovery", people))
+
+    def publish_visitor(self, payload: dict[str, Any], crop: bytes | None = None,
+                        frame_time: float | None = None) -> None:
+        self.sent.append(("visitor", (payload["message"], crop)))
 
     def on_command(self, callback: Any) -> None:
         self.callbacks.append(callback)
