@@ -23,7 +23,8 @@ Sections (outputs under ``--out``: ``realeval.json``, ``table.md``, one PNG per 
 2. **Large faces**: LFW eval people (the recognizer's held-out split), ``--lfw-per-person`` images each,
    scaled and placed in a 640x480 frame so the face box is 150 px to the full frame high (grey where the
    photo does not reach); ground truth = YuNet's central face on the original 250x250 photo, mapped through
-   the same transform. Recall per face-height bin; contact sheet of the frames where we miss the face.
+   the same transform (the shared LFW copy is grey). Recall per face-height bin; contact sheet of the frames
+   where we miss the face.
 3. **Roll**: WebFaces val images with labelled faces (first ``--roll-limit``) rotated by each of ``--angles``
    (alternating sign per image, canvas grown so nothing is cut); ground truth = the rotated landmarks ->
    convention boxes. Recall at each detector's operating threshold per angle.
@@ -240,7 +241,7 @@ def large_faces(dets: dict[str, Detect], ref_det: cv2.FaceDetectorYN, args: argp
             boxes = det(frame)[0]
             found[name].append(bool(match(gt, boxes)[0][0]))
             if name == "ours" and not found[name][-1]:
-                missed.append((_draw(frame, gt[0], boxes), f"{path.stem[-12:]} h{heights[-1]:.0f}"))
+                missed.append((_draw(frame, gt[0], boxes), f"{path.stem} h{heights[-1]:.0f}"))
     contact_sheet(missed, out / "sheets" / "large_missed.png", "large faces ours misses (green: truth, red: ours)",
                   cell=160, cols=6, limit=args.sheet_limit)
     res = by_bins(np.array(heights), {k: np.array(v, bool) for k, v in found.items()}, LARGE_BINS)
@@ -463,6 +464,7 @@ def default_clips(video: Path) -> list[Path]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = ap.add_argument
     add("--model", default="edgecam/models/face_detector", help="our model folder (default: %(default)s)")
@@ -495,6 +497,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every section not skipped and write the report; the report dict (also ``OUT/realeval.json``)."""
     args = parse_args(argv)
     t0 = time.time()
     cv2.setNumThreads(1)
@@ -509,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "Haar": haar()}
     ref_det = cv2.FaceDetectorYN.create(args.yunet, "", (320, 320), min(args.extra_score, args.label_score), 0.3,
                                         5000)
-    r: dict[str, Any] = {"command": "python -m training.detector.realeval " + " ".join(argv or sys.argv[1:]),
+    r: dict[str, Any] = {"command": " ".join(["python -m training.detector.realeval", *(argv or sys.argv[1:])]),
                          "model": args.model, "matching_rule": MATCH_RULE,
                          "operating_thresholds": {"ours": cli.threshold, "YuNet": BASELINE_OPERATING["YuNet"],
                                                   "Haar": "every detection"}}
