@@ -178,3 +178,21 @@ def test_replay_twice_through_the_cli_keeps_the_visitors(tmp_path: Path) -> None
     third = replay(cfg, 3)
     assert [e["identity"] for e in third if e["status"] == "known"] == ["Bob"]
     assert sorted((e["visitor"], e["visits"]) for e in third if e["visitor"]) == [("visitor-1", 3)]
+
+
+def test_visitor_components_pass_home_assistants_own_schemas() -> None:
+    """The Visitor event and Visitor face image as Home Assistant 2025.4 reads them (EDGECAM_HA_PYTHON)."""
+    import test_mqtt_ha as ha
+
+    from edgecam.mqtt.topics import Topics, discovery_config
+
+    exe = ha._ha_python()
+    if exe is None:
+        pytest.skip("Home Assistant not importable: set EDGECAM_HA_PYTHON (see README)")
+    payloads = {"visitors on": discovery_config(Topics("edgecam", CAM), ["alice"], visitors=True)}
+    r = subprocess.run([exe, str(ha.HA_CHECK)], input=json.dumps(payloads), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(r.stdout)["payloads"]["visitors on"]
+    assert result["errors"] == [] and result["dropped_keys"] == []
+    assert result["components"] == len(discovery_config(Topics("edgecam", CAM), ["alice"])["cmps"]) + 2
