@@ -19,13 +19,24 @@ LOCK := constraints/python$(PYVER).txt
 PIN = $(if $(wildcard $(LOCK)),--constraint $(LOCK),)
 LOCK_VENV := .venv-lock
 
-.PHONY: demo test setup setup-train mosquitto lint lock clean
+.PHONY: demo test test-fast setup setup-train mosquitto lint lock clean
 
 demo: setup
 	$(BIN)/edgecam replay $(CLIP) --speed max $(DEMO_CONFIG)
 
 test: setup-train mosquitto
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tier to run while iterating (a couple of minutes on 2 cores): unit tests, the CLI contracts, the publisher
+# against a broker. Left out: tests marked slow (training runs, replays of whole clips, process kills), those
+# needing ../shared, and whole-system modules (the fault suite, the soak, bad-input corpus, bench, enroll/identify
+# with the shipped models, the annotated video, the installer, model compression). `make test` runs all of it.
+FAST_SKIP := tests/reliability tests/badinput tests/test_bench.py tests/test_compress.py tests/test_deploy.py \
+	tests/test_enroll.py tests/test_recognize_models.py tests/test_show.py tests/test_mqtt_replay.py \
+	tests/test_train_detector.py
+
+test-fast: setup-train mosquitto
+	$(BIN)/python -m pytest -q -m "not slow and not shared" $(addprefix --ignore=,$(FAST_SKIP)) $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -11,9 +11,11 @@ stops the child with SIGTERM after ``--duration`` seconds and waits for the last
   inside the daemon would raise), and how steady the latter is after the warm-up (slowest window / median);
 - events produced (the child's ``--events`` JSON lines) vs received (distinct ``(id, seq)``), lost, duplicates.
 
-and writes the figures as JSON and a plot (RSS, frames/s and CPU ms per frame over time) under ``--out``. Exit
-status 0 when RSS grew less than ``--max-rss-growth`` %, no event was lost and no window after the warm-up cost
-more than ``--max-slowdown`` times the median CPU per frame; 1 otherwise.
+and writes the figures as JSON and a plot (RSS, frames/s and CPU ms per frame over time) under ``--out``. The
+verdicts are this report's, not a test's (``soak.json`` ``verdicts``): ``rss`` (RSS grew less than
+``--max-rss-growth`` %), ``events`` (none lost), ``steadiness`` (no window after the warm-up cost more than
+``--max-slowdown`` times the median CPU per frame; on a machine shared with other jobs it says more about them).
+Exit status 0 when all three hold, 1 otherwise.
 
 Usage::
 
@@ -234,8 +236,10 @@ def summarize(args: argparse.Namespace, samples: list[tuple[float, float, float]
         "rss_samples": [(t, v) for t, v, _ in samples],
     }
     slowdown = out["cpu_ms_per_frame"]["worst_over_median"]
-    out["ok"] = bool(out["rss_mb"]["growth_pct"] < args.max_rss_growth and lost == 0 and slowdown is not None
-                     and slowdown <= args.max_slowdown)
+    out["verdicts"] = {"rss": bool(out["rss_mb"]["growth_pct"] < args.max_rss_growth), "events": lost == 0,
+                       "steadiness": slowdown is not None and slowdown <= args.max_slowdown}
+    out["limits"] = {"max_rss_growth_pct": args.max_rss_growth, "max_slowdown": args.max_slowdown}
+    out["ok"] = all(out["verdicts"].values())
     return out
 
 
@@ -250,6 +254,10 @@ def print_report(r: dict[str, Any]) -> None:
           f"per window: {' '.join(str(v) for _, v in f['windows'])}")
     print(f"  events: {e['produced']} produced, {e['received']} received, {e['lost']} lost, "
           f"{e['duplicates']} duplicates; SIGTERM to exit {r['stop_s']} s")
+    v, lim = r["verdicts"], r["limits"]
+    print(f"  verdicts: RSS growth < {lim['max_rss_growth_pct']} % {'ok' if v['rss'] else 'FAILED'}; "
+          f"no event lost {'ok' if v['events'] else 'FAILED'}; CPU per frame steady (costliest window <= "
+          f"{lim['max_slowdown']} x the median) {'ok' if v['steadiness'] else 'FAILED'}")
     print(f"  verdict: {'ok' if r['ok'] else 'FAILED'}")
 
 

@@ -262,6 +262,17 @@ class Collector:
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
+    def sync(self, topic: str, timeout: float = 10.0) -> bool:
+        """Publish a unique marker to ``topic`` (one this collector subscribes to) and wait until it comes back:
+        what the broker had for this subscriber before it (retained messages included) has arrived by then, so
+        a test can check that something did *not* arrive without sleeping. The marker is not kept."""
+        marker = f"sync-{uuid.uuid4().hex}".encode()
+        self.publish(topic, marker)
+        ok = self.wait_for(lambda ms: any(m.payload == marker for m in ms), timeout)
+        with self._cond:
+            self.messages = [m for m in self.messages if m.payload != marker]
+        return ok
+
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()

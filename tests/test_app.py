@@ -283,8 +283,9 @@ def test_app_commands_detection_off_ends_tracks_and_snapshot(tmp_path: Path) -> 
         n_snap = len(pub.snapshots)
         cb("snapshot", b"")
         assert wait_until(lambda: len(pub.snapshots) > n_snap, 5.0)
-        time.sleep(0.2)
-        assert app.pipeline.counts.detector_runs == runs  # type: ignore[union-attr]
+        frames = app.pipeline.counts.frames  # type: ignore[union-attr]
+        assert wait_until(lambda: app.pipeline.counts.frames >= frames + 5, 5.0)  # type: ignore[union-attr]
+        assert app.pipeline.counts.detector_runs == runs  # type: ignore[union-attr]  # 5 frames, no detector
         cb("detection", b"ON")
         assert wait_until(lambda: app.pipeline.counts.detector_runs > runs, 5.0)  # type: ignore[union-attr]
     finally:

@@ -134,6 +134,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # not in make test-fast
 @pytest.mark.parametrize("round_", range(3))
 def test_sigkill_mid_write_never_corrupts_or_loses_committed_rows(tmp_path: Path, round_: int) -> None:
     path = tmp_path / "o.db"
@@ -247,6 +248,7 @@ def test_sender_resends_rows_stuck_after_a_reconnect(tmp_path: Path, monkeypatch
     assert [p for _, p in client.sent] == [b"0", b"1", b"0", b"1"]
 
 
+@pytest.mark.slow  # not in make test-fast
 def test_processes_opening_a_new_outbox_at_once_all_succeed(tmp_path: Path) -> None:
     """Two daemons (cameras) sharing a state directory start together: creating the database, switching
     it to WAL and creating the schema race; every one of them must open it (SQLite answers 'database is

@@ -71,6 +71,7 @@ def test_replay_clip_events_to_stdout_and_file(tmp_path: Path) -> None:
 
 
 @needs_detector
+@pytest.mark.slow  # not in make test-fast
 def test_replays_are_identical_ids_aside() -> None:
     runs = []
     for _ in range(2):
@@ -85,10 +86,13 @@ def test_replays_are_identical_ids_aside() -> None:
 def test_sigterm_stops_cleanly_and_ends_open_tracks() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "edgecam", "replay", str(CLIP), "--speed", "realtime"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    time.sleep(3.5)  # models loaded, part of the 6 s clip played
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # the first event: models loaded, a track open, the clip still playing
+    assert first, "no event before the end of the clip"
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=30)
+    out = first + out
     assert proc.returncode == 0, err
     assert time.monotonic() - t0 < 5
     assert "SIGTERM" in err
@@ -112,6 +116,7 @@ def test_replay_missing_video_exit_2(tmp_path: Path) -> None:
 
 
 @needs_detector
+@pytest.mark.slow  # not in make test-fast
 def test_bench_json_figures() -> None:
     r = edgecam("bench", "--frames", "30", "--repeat", "1", "--threads", "1", "--json")
     assert r.returncode == 0, r.stderr
@@ -122,6 +127,7 @@ def test_bench_json_figures() -> None:
 
 
 @needs_detector
+@pytest.mark.slow  # not in make test-fast
 def test_bench_table() -> None:
     r = edgecam("bench", "--frames", "10", "--repeat", "1", "--threads", "1")
     assert r.returncode == 0, r.stderr
@@ -142,6 +148,7 @@ def test_replay_stops_when_stdout_is_closed() -> None:
 
 
 @needs_detector
+@pytest.mark.slow  # not in make test-fast
 def test_progress_bar_with_eta_on_a_terminal() -> None:
     import os
     import pty
@@ -196,6 +203,7 @@ def test_progress_plain_lines_when_not_a_terminal(caplog: pytest.LogCaptureFixtu
 
 
 @needs_detector
+@pytest.mark.slow  # not in make test-fast
 def test_replay_to_an_unreachable_broker_says_so_and_exits_1(tmp_path: Path) -> None:
     import sqlite3
 
@@ -218,6 +226,7 @@ SHARED_VIDEO = REPO.parent / "shared" / "data" / "video"
 
 
 @needs_detector
+@pytest.mark.slow  # not in make test-fast
 @pytest.mark.skipif(not SHARED_VIDEO.is_dir(), reason="../shared/data/video not here")
 @pytest.mark.parametrize(("clip", "people"), [
     ("intel_face-demographics-walking.gif", 2),  # a man missed for 2 frames while he walks left

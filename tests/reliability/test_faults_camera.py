@@ -137,10 +137,13 @@ def test_camera_faults_skip_count_reopen_and_starve_the_watchdog(
     app.start()
     try:
         assert wait_until(lambda: "tail" in cam.marks and cam.stats.frames > 90, 30), (cam.stats, cam.marks)
-        time.sleep(1.0)  # frames flow again after the stall
+        # frames flow again after the stall: the watchdog is fed again
+        assert wait_until(lambda: len(systemd.times("WATCHDOG=1", since=cam.marks["tail"])) >= 2, 10)
+        stalls = cam.stats.stalls
         cam.wedge.set()
         wedged_at = time.monotonic()
-        time.sleep(3.0)
+        assert wait_until(lambda: cam.stats.stalls > stalls and any(  # declared stalled, and still reporting
+            s.startswith("STATUS=") for s in systemd.texts(since=wedged_at + 0.3)), 10), cam.stats
         wedge_pings = systemd.times("WATCHDOG=1", since=wedged_at + 0.3)
         status_while_wedged = [s for s in systemd.texts(since=wedged_at + 0.3) if s.startswith("STATUS=")]
         worker_alive = app._worker is not None and app._worker.is_alive()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import heapq
 import zlib
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -69,20 +68,8 @@ def onnx_weights(path: Path) -> list[np.ndarray]:
     return arrays
 
 
-def onnx_params(path: Path) -> int:
-    """Number of weight values in an ONNX file (scales / zero points / shapes of size 1 included)."""
-    return int(sum(a.size for a in onnx_weights(path)))
-
-
 def sizes(path: Path) -> dict[str, int]:
     """{"file", "zip", "huffman"} byte counts of an ONNX model (see module docstring)."""
     raw = Path(path).read_bytes()
     return {"file": len(raw), "zip": len(zlib.compress(raw, 9)),
             "huffman": int(sum(tensor_huffman_bytes(a) for a in onnx_weights(path)))}
-
-
-def symbol_entropy_bits(a: np.ndarray) -> float:
-    """Shannon entropy (bits per symbol) of an 8-bit tensor: the bound Huffman coding approaches."""
-    c = np.array(list(Counter(np.ascontiguousarray(a).view(np.uint8).reshape(-1).tolist()).values()), float)
-    p = c / c.sum()
-    return float(-(p * np.log2(p)).sum())

@@ -20,7 +20,6 @@ whose image had no detected face is skipped for every model alike (the count is 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,18 +178,6 @@ def evaluate(embed: Embedder, crops: CropSet, split: str = "eval") -> EvalResult
     v = verification(emb, pairs)
     o = open_set(emb, people)
     return EvalResult(v["lfw_acc"], v["lfw_acc_std"], o["dir_at_far"], o["rank1"], o["threshold"], len(pairs))
-
-
-def time_per_crop(run_one: Callable[[], object], n: int = 50, warmup: int = 5) -> float:
-    """Median milliseconds of one call (one crop), after a warm-up."""
-    for _ in range(warmup):
-        run_one()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        run_one()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
 
 
 def main() -> None:

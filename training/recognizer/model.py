@@ -61,13 +61,6 @@ class NetConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @staticmethod
-    def from_dict(d: dict) -> NetConfig:
-        d = dict(d)
-        d["blocks"] = tuple(tuple(b) for b in d["blocks"])
-        d["pw_ranks"] = tuple(d.get("pw_ranks", ()))
-        return NetConfig(**d)
-
     @property
     def feat_hw(self) -> int:
         """Side of the final feature map."""
