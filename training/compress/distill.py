@@ -152,7 +152,7 @@ def train(model: nn.Module, batch_fn: Callable[[int], Batch], cfg: DistillConfig
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        seen += len(batch[0])
+        seen += len(batch[0]) if batch[0] is not None else 0
         if step % 20 == 0:
             rec = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()},
                    "img_per_s": seen / max(1e-6, time.time() - t0)}

@@ -45,7 +45,7 @@ def factorize_linear(m: nn.Linear, rank: int) -> nn.Sequential:
     a, b = svd_split(m.weight.detach(), rank)
     first, second = nn.Linear(m.in_features, rank, bias=False), nn.Linear(rank, m.out_features, m.bias is not None)
     first.weight.data, second.weight.data = b.clone(), a.clone()
-    if m.bias is not None:
+    if m.bias is not None and second.bias is not None:  # second has a bias exactly when m has one
         second.bias.data = m.bias.detach().clone()
     return nn.Sequential(first, second)
 
@@ -53,16 +53,16 @@ def factorize_linear(m: nn.Linear, rank: int) -> nn.Sequential:
 def factorize_conv1x1(m: nn.Conv2d, rank: int) -> nn.Sequential:
     """Dense 1x1 Conv2d(I, O) -> Conv2d(I, r, 1) + Conv2d(r, O, 1)."""
     a, b = svd_split(m.weight.detach()[:, :, 0, 0], rank)
-    first = nn.Conv2d(m.in_channels, rank, 1, m.stride, bias=False)
+    first = nn.Conv2d(m.in_channels, rank, 1, (m.stride[0], m.stride[1]), bias=False)
     second = nn.Conv2d(rank, m.out_channels, 1, bias=m.bias is not None)
     first.weight.data, second.weight.data = b[:, :, None, None].clone(), a[:, :, None, None].clone()
-    if m.bias is not None:
+    if m.bias is not None and second.bias is not None:  # second has a bias exactly when m has one
         second.bias.data = m.bias.detach().clone()
     return nn.Sequential(first, second)
 
 
-def _candidates(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    out = []
+def _candidates(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear | nn.Conv2d]]:
+    out: list[tuple[nn.Module, str, nn.Linear | nn.Conv2d]] = []
     for parent in model.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.Linear) or (isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1)
@@ -118,10 +118,3 @@ def factorize_flatten_head(linear: nn.Linear, channels: int, hw: tuple[int, int]
     if linear.bias is not None:
         fc.bias.data = linear.bias.detach().clone()
     return dw, fc
-
-
-def head_energy(linear: nn.Linear, channels: int, hw: int, rank: int) -> float:
-    """Share of the head's squared Frobenius norm kept by per-channel rank-r SVD."""
-    weight = linear.weight.detach().reshape(linear.out_features, channels, hw).permute(1, 0, 2)
-    s = torch.linalg.svdvals(weight)  # (C, min(O, HW))
-    return float((s[:, :rank] ** 2).sum() / (s**2).sum())

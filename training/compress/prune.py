@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import torch
 from torch import fx, nn
@@ -34,7 +35,7 @@ class ChannelGroup:
     name: str
     producer: nn.Conv2d
     passthrough: list[tuple[nn.Module, int]] = field(default_factory=list)  # (layer, channel multiplier)
-    consumers: list[tuple[nn.Module, int]] = field(default_factory=list)  # (Conv2d | Linear, columns per channel)
+    consumers: list[tuple[nn.Conv2d | nn.Linear, int]] = field(default_factory=list)  # (layer, columns per channel)
     last: nn.Module | None = None  # module whose output is measured for importance
 
     @property
@@ -45,7 +46,7 @@ class ChannelGroup:
 _PASS = (nn.BatchNorm2d, nn.PReLU, nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity)
 
 
-def _is_depthwise(m: nn.Module) -> bool:
+def _is_depthwise(m: nn.Module) -> TypeGuard[nn.Conv2d]:
     return isinstance(m, nn.Conv2d) and m.groups == m.in_channels and m.groups > 1
 
 
@@ -136,7 +137,10 @@ def _consumer_norm(g: ChannelGroup) -> torch.Tensor:
     return sq.sqrt()
 
 
-def _slice_param(p: nn.Parameter | torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
+def _slice_param(p: nn.Parameter | torch.Tensor | nn.Module | None, dim: int, idx: torch.Tensor) -> torch.Tensor:
+    """``p`` (a parameter or buffer of a layer) cut to the entries ``idx`` along ``dim``."""
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"expected a tensor to slice, got {type(p).__name__}")
     return p.detach().index_select(dim, idx).clone()
 
 
@@ -170,7 +174,7 @@ def _slice_passthrough(m: nn.Module, idx: torch.Tensor) -> None:
             setattr(m, name, nn.Parameter(_slice_param(getattr(m, name), 0, idx)))
         m.running_mean = _slice_param(m.running_mean, 0, idx)
         m.running_var = _slice_param(m.running_var, 0, idx)
-        m.num_features = len(idx)
+        m.num_features = int(len(idx))
     elif isinstance(m, nn.PReLU):
         m.weight = nn.Parameter(_slice_param(m.weight, 0, idx))
         m.num_parameters = len(idx)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,11 @@ def lfw_people(root: Path) -> dict[str, list[Path]]:
     return {k: v for k, v in people.items() if v}
 
 
-def yunet_landmarks(model: Path) -> object:
+Landmarker = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""A face finder: BGR image -> (boxes (N, 5) x1,y1,x2,y2,score, landmarks (N, 4, 2))."""
+
+
+def yunet_landmarks(model: Path) -> Landmarker:
     """A landmark function bgr -> (boxes (N, 5) x1,y1,x2,y2,score, landmarks (N, 4, 2)) using YuNet."""
     det = cv2.FaceDetectorYN.create(str(model), "", (320, 320), 0.6, 0.3, 50)
 
@@ -98,7 +103,7 @@ def yunet_landmarks(model: Path) -> object:
     return run
 
 
-def detector_landmarks() -> object:
+def detector_landmarks() -> Landmarker:
     """Our detector (the runtime path) as a landmark function."""
     from edgecam.detect import FaceDetector
 
@@ -160,8 +165,8 @@ def build_crops(shared: Path, out: Path, landmarks: str, size: int = 112) -> Non
     for person, paths in tqdm(people.items(), desc="lfw"):
         for p in paths:
             bgr = cv2.imread(str(p))
-            lm = central_face(*finder(bgr), bgr.shape)  # type: ignore[operator]
-            if lm is None:
+            lm = None if bgr is None else central_face(*finder(bgr), bgr.shape)
+            if bgr is None or lm is None:
                 missed += 1
                 continue
             crops.append(align(bgr, lm, size)[:, :, ::-1])
@@ -280,7 +285,10 @@ def unpack(src: Path, out: Path, size: int = 112) -> None:
         def one(i: int) -> np.ndarray:
             if off[i] == off[i + 1]:
                 return np.zeros((size, size, 3), np.uint8)
-            return cv2.imdecode(blob[off[i]:off[i + 1]], cv2.IMREAD_COLOR)[..., ::-1]
+            im = cv2.imdecode(blob[off[i]:off[i + 1]], cv2.IMREAD_COLOR)
+            if im is None:
+                raise ValueError(f"crop {i} of the packed set does not decode")
+            return im[..., ::-1]
 
         with ThreadPoolExecutor() as ex:
             return np.stack(list(ex.map(one, range(len(off) - 1))))

@@ -26,6 +26,7 @@ import logging
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -69,7 +70,7 @@ def orl_split(root: Path) -> list[tuple[Path, list[Path], np.ndarray]]:
     return out
 
 
-def build_crops(root: Path, landmarks: str) -> dict[str, np.ndarray]:
+def build_crops(root: Path, landmarks: str) -> dict[str, Any]:
     """ORL -> aligned crops (112 RGB and 64 BGR), labels, split (0 train, 1 val, 2 test)."""
     finder = yunet_landmarks(SHARED / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx") \
         if landmarks == "yunet" else detector_landmarks()
@@ -78,8 +79,11 @@ def build_crops(root: Path, landmarks: str) -> dict[str, np.ndarray]:
     c112, c64, labels, split, missed = [], [], [], [], 0
     for k, (_, paths, part) in enumerate(split_parts):
         for p, s in zip(paths, part, strict=True):
-            bgr = cv2.copyMakeBorder(cv2.imread(str(p)), 40, 40, 40, 40, cv2.BORDER_REPLICATE)
-            lm = central_face(*finder(bgr), bgr.shape)  # type: ignore[operator]
+            im = cv2.imread(str(p))
+            if im is None:
+                raise FileNotFoundError(f"{p}: not a readable image")
+            bgr = cv2.copyMakeBorder(im, 40, 40, 40, 40, cv2.BORDER_REPLICATE)
+            lm = central_face(*finder(bgr), bgr.shape)
             if lm is None:
                 missed += 1
                 continue

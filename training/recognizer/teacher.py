@@ -22,7 +22,7 @@ import torch
 from onnx import numpy_helper
 
 from edgecam.manifest import session_options
-from training.recognizer.model import FaceMobileNet, sface
+from training.recognizer.model import DwSepBlock, FaceMobileNet, sface
 
 ANCHORS = Path(__file__).resolve().parents[2] / "../shared/models/anchors"
 SFACE_PATH = ANCHORS / "face_recognition_sface_2021dec_int8bq_ort.onnx"
@@ -70,6 +70,7 @@ def sface_teacher(path: Path = SFACE_PATH) -> FaceMobileNet:
     model = sface()
     _load_cba(model.stem, t, "conv_1_conv2d", "conv_1_batchnorm", "conv_1_relu")
     for i, block in enumerate(model.blocks, start=2):
+        assert isinstance(block, DwSepBlock)
         _load_cba(block.dw, t, f"conv_{i}_dw_conv2d", f"conv_{i}_dw_batchnorm", f"conv_{i}_dw_relu")
         _load_cba(block.pw, t, f"conv_{i}_conv2d", f"conv_{i}_batchnorm", f"conv_{i}_relu")
     _load_bn(model.bn_feat, t, "bn1")

@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -145,7 +146,9 @@ def torch_embedder(model: nn.Module, batch: int = 64) -> object:
     return run
 
 
-def calib_eval(data: CropSet) -> object:
+def calib_eval(data: CropSet) -> Callable[[nn.Module], dict[str, float]]:
+    """The eval ``train`` runs every ``eval_every`` steps: verification and DIR on the calib people."""
+
     def run(model: nn.Module) -> dict[str, float]:
         r = evaluate(torch_embedder(model), data, "calib")  # type: ignore[arg-type]
         return {"calib_acc": r.lfw_acc, "calib_dir": r.dir_at_far}
@@ -159,7 +162,7 @@ def calib_eval(data: CropSet) -> object:
 def build(args: argparse.Namespace, data: CropSet) -> nn.Module:
     """The stage's starting model: a new architecture, the teacher's weights, or a transformed checkpoint."""
     if args.stage in ("labels", "kd"):
-        model = create_model(args.arch, **json.loads(args.arch_kwargs))
+        model: nn.Module = create_model(args.arch, **json.loads(args.arch_kwargs))
         if args.init == "teacher":
             model.load_state_dict(sface_teacher().state_dict())
         return model
