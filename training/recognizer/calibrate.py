@@ -1,7 +1,7 @@
 """Thresholds that hold on new people: ``known`` / ``unknown`` calibrated on thousands of strangers, reported on
 others, the SFace teacher side by side, and identity over pseudo-tracks, in one run.
 
-    python -m training.recognizer.calibrate --config training/recognizer/configs/calibrate.yaml   # ~12 min, 2 cores
+    python -m training.recognizer.calibrate --config training/recognizer/configs/calibrate.yaml  # 12 min, 2 busy cores
     python -m training.recognizer.calibrate --config training/recognizer/configs/calibrate.yaml \\
         --detector runs/detector/wild/model       # crops of another detector folder (flags override the file)
 
@@ -80,14 +80,14 @@ class CalibConfig:
     unknown_fpir: float = 0.05  # ... that are not ``unknown`` (named or uncertain)
     strangers: int = 0  # lfw_few people used, both halves (0: all 5,326)
     teacher: bool = True  # SFace side by side
-    teacher_strangers: int = 1500  # stranger photos per half the teacher embeds (0: all)
-    celeba_people: int = 1000  # CelebA eval identities used (0: none)
+    teacher_strangers: int = 1000  # stranger photos per half the teacher embeds (0: all)
+    celeba_people: int = 500  # CelebA eval identities used, of 1,000 (0: none)
     celeba_gallery: int = 50  # people per CelebA gallery (the enrolled half is split into galleries this size)
     lfw_people: int = 0  # LFW eval and calib people used, each (0: all; tests use a few, at least 20)
     lfw_photos: int = 0  # photos per LFW person at most (0: all; tests only)
     track_repeats: int = 2  # pseudo-tracks per enrolled / non-enrolled LFW eval person
-    stranger_tracks: int = 200  # pseudo-tracks of held-out strangers
-    teacher_tracks: int = 120  # of all tracks, how many the teacher runs (seeded; 0: none)
+    stranger_tracks: int = 120  # pseudo-tracks of held-out strangers
+    teacher_tracks: int = 60  # of all tracks, how many the teacher runs (seeded; 0: none)
     threads: int = 1  # onnxruntime threads per model
     seed: int = 0  # subsampling seed (the splits have their own fixed seeds)
     update_model: bool = True  # write the thresholds into the recognizer folder's model.json and card

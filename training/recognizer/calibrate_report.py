@@ -171,12 +171,45 @@ def plot(curves: dict[str, Any], r: dict[str, Any], path: Path) -> None:
         for f in (r["targets"]["known_fpir"], r["targets"]["unknown_fpir"]):
             ax.axhline(f, color="grey", lw=0.5)
         ax.set(title=f"{name}: FPIR vs threshold", xlabel="similarity threshold (named at or above)",
-               ylabel="FPIR (share of impostor probes named)", ylim=(1e-4, 1.0), xlim=(0.0, 1.0))
+               ylabel="FPIR (share of impostor probes named)", ylim=(1e-4, 1.0), xlim=(0.1, 0.8))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _at(a: dict[str, Any]) -> dict[str, float | None]:
+    """The headline figures at one pair of thresholds, rounded."""
+    keys = {"known": ("eval_gallery", "known"), "unknown": ("eval_gallery", "unknown"),
+            "fpir_heldout_strangers_eval_gallery": ("eval_gallery", "fpir_strangers_heldout"),
+            "fpir_heldout_strangers_calib_gallery": ("calib_gallery", "fpir_strangers_heldout"),
+            "fpir_lfw_eval_people": ("eval_gallery", "fpir_eval_people"),
+            "fpir_celeba_people": ("celeba", "fpir_celeba_people"),
+            "dir_lfw_eval": ("eval_gallery", "dir"), "wrong_person_lfw_eval": ("eval_gallery", "wrong_person"),
+            "dir_celeba": ("celeba", "dir")}
+    return {k: None if _get(a, *p) is None else round(float(_get(a, *p)), 4) for k, p in keys.items()}
+
+
+def summary(r: dict[str, Any]) -> dict[str, Any]:
+    """The figures that go into ``model.json`` ``metrics.calibration`` (the full set: ``calibrate.json``)."""
+    ms = r["models"]
+    held = {"student_before": _at(ms["student"]["before"]), "student": _at(ms["student"]["after"])}
+    free = {}
+    for name, m in ms.items():
+        if name != "student":
+            held[name] = _at(m["after"])
+        free[name] = {"lfw_eval_dir_at_fpir_1_5pct_vs_eval_people": list(m["eval_dir_vs_eval_people"].values()),
+                      "lfw_eval_dir_at_fpir_1_5pct_vs_strangers": list(m["eval_dir_vs_strangers"].values()),
+                      "celeba_dir_at_fpir_1_5pct": list((m.get("celeba_dir") or {}).values()),
+                      "lfw_eval_verification": m["verification"]["lfw_acc"],
+                      "celeba_verification": _get(m, "celeba_verification", "lfw_acc")}
+    tracks = {name: {rule: {kind: {k: v for k, v in f.items() if k != "tracks"} for kind, f in per.items()}
+                     for rule, per in t.items() if rule in ("runtime", "proposed")}
+              for name, t in r["tracks"].items() if isinstance(t, dict)}
+    return {"command": r["command"], "detector_sha256": r["detector"]["sha256"], "targets": r["targets"],
+            "held_out_at_thresholds": held, "threshold_free": free, "tracks": tracks, "data": r["data"],
+            "protocol": "see the card's Thresholds section; every figure: runs/recognizer/calibrate/calibrate.json"}
 
 
 def update_model(model_dir: Path, r: dict[str, Any], md: str, out: Path) -> None:
@@ -191,13 +224,7 @@ def update_model(model_dir: Path, r: dict[str, Any], md: str, out: Path) -> None
                        f"smallest score at most {pct(tg['known_fpir'], 0)} of them reach, unknown = "
                        f"{pct(tg['unknown_fpir'], 0)}; crops of detector sha256 {r['detector']['sha256'][:12]}",
         "command": r["command"]}
-    keep = ("thresholds", "thresholds_before", "after", "before", "eval_dir_vs_eval_people", "eval_dir_vs_strangers",
-            "verification", "celeba_dir", "celeba_verification", "counts")
-    m.setdefault("metrics", {})["calibration"] = {
-        "command": r["command"], "detector_sha256": r["detector"]["sha256"], "targets": tg,
-        "student": {k: s[k] for k in keep if k in s},
-        "teacher": {k: v for k, v in r["models"].get("teacher", {}).items() if k in keep},
-        "tracks": r["tracks"], "data": r["data"]}
+    m.setdefault("metrics", {})["calibration"] = summary(r)
     mj.write_text(json.dumps(m, indent=2) + "\n")
     shutil.copy(out / "fpir.png", model_dir / "calibration.png")
     card = model_dir / "README.md"
