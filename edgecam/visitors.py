@@ -39,9 +39,13 @@ from edgecam import EdgecamError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.6
-"""Visit-to-visitor similarity for the shipped recognizer when neither the config (``visitors.threshold``) nor the
-model's ``output.thresholds.visitor`` sets one; see ``training/recognizer/visitors_eval.py``."""
+DEFAULT_THRESHOLD = 0.625
+"""Visit-to-visitor similarity when neither the config (``visitors.threshold``) nor the recognizer's
+``output.thresholds.visitor`` sets one: the lowest threshold at which at most 0.5 % of the visitors held two people
+or more on the calibration people (LFW calib, CelebA train identities, the calibration half of lfw_few), measured
+with ``python -m training.recognizer.visitors_eval`` for the recognizer ``DEFAULT_THRESHOLD_MODEL``."""
+DEFAULT_THRESHOLD_MODEL = "86afc88914f7e0cef68752f1b6a1577ec48862c70a1ab7485bda8fbd13149aec"
+"""sha256 of the recognizer model ``DEFAULT_THRESHOLD`` was calibrated for (the shipped ``face_recognizer``)."""
 STORE_FILE = "visitors.db"
 """The store's file name in the state directory."""
 PREFIX = "visitor-"
@@ -596,4 +600,9 @@ def threshold_for(configured: float | None, recognizer: Any) -> float:
         return float(configured)
     manifest = getattr(recognizer, "manifest", None)
     value = ((manifest.output if manifest is not None else {}).get("thresholds") or {}).get("visitor")
-    return float(value) if value is not None else DEFAULT_THRESHOLD
+    if value is not None:
+        return float(value)
+    if getattr(recognizer, "model_sha", DEFAULT_THRESHOLD_MODEL) != DEFAULT_THRESHOLD_MODEL:
+        logger.warning("visitors: threshold %.3f was calibrated for another recognizer model; measure one for this "
+                       "model (training/recognizer/visitors_eval.py) and set visitors.threshold", DEFAULT_THRESHOLD)
+    return DEFAULT_THRESHOLD

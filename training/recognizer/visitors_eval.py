@@ -260,8 +260,8 @@ def figures(visits: Visits, assigned: np.ndarray) -> dict[str, Any]:
     for v in rec:
         by_visitor.setdefault(int(assigned[v]), set()).add(str(visits.person[v]))
     repeat = {p: ids for p, ids in by_person.items() if len(ids) >= 2}
-    ids_per = np.array([len(set(ids)) for ids in repeat.values()])
-    later = [ids[j] in ids[:j] for ids in repeat.values() for j in range(1, len(ids))]
+    ids_per, one_id, later = fragmentation(repeat)
+    kind_of = dict(zip(visits.person.tolist(), visits.kind.tolist(), strict=True))
     firsts = [(int(v), str(visits.person[v])) for v in rec]
     seen_people: set[str] = set()
     seen_ids: set[int] = set()
@@ -276,14 +276,25 @@ def figures(visits: Visits, assigned: np.ndarray) -> dict[str, Any]:
     return {
         "visits": len(visits), "visits_recorded": len(rec), "visits_too_few_crops": int(len(visits) - len(rec)),
         "people": len(by_person), "people_repeat": len(repeat), "visitors": len(by_visitor),
-        "ids_per_repeat_person": round(float(ids_per.mean()), 4) if len(ids_per) else None,
-        "repeat_people_one_id": round(float((ids_per == 1).mean()), 4) if len(ids_per) else None,
-        "repeat_visits_reidentified": round(float(np.mean(later)), 4) if later else None,
+        "ids_per_repeat_person": ids_per, "repeat_people_one_id": one_id, "repeat_visits_reidentified": later,
+        "by_kind": {k: dict(zip(("people_repeat", "ids_per_repeat_person", "repeat_people_one_id",
+                                 "repeat_visits_reidentified"), (len(sub), *fragmentation(sub)), strict=True))
+                    for k in ("lfw", "celeba") if (sub := {p: i for p, i in repeat.items() if kind_of[p] == k})},
         "merged_visitors": len(merged), "merge_rate": round(len(merged) / max(len(by_visitor), 1), 5),
         "people_in_merges": len(merged_people),
         "first_visits_given_another_id": false_repeat,
         "false_repeat_rate": round(false_repeat / max(len(by_person), 1), 5),
     }
+
+
+def fragmentation(repeat: dict[str, list[int]]) -> tuple[float | None, float | None, float | None]:
+    """Of people with 2+ recorded visits ({person: visitor of each visit, in order}): visitor ids per person,
+    the share with one id, the share of their 2nd+ visits given an id they already had."""
+    if not repeat:
+        return None, None, None
+    ids = np.array([len(set(i)) for i in repeat.values()])
+    later = [i[j] in i[:j] for i in repeat.values() for j in range(1, len(i))]
+    return round(float(ids.mean()), 4), round(float((ids == 1).mean()), 4), round(float(np.mean(later)), 4)
 
 
 def sweep(visits: Visits, rec: EmbeddingRecognizer, thresholds: list[float], cfg: EvalConfig, tmp: Path,
@@ -378,55 +389,36 @@ def naming(visits: Visits, rec: EmbeddingRecognizer, threshold: float, cfg: Eval
 
 
 def clips(cfg: EvalConfig, threshold: float, out: Path) -> dict[str, Any]:
-    """Every shared clip through the daemon's pipeline with visitors on, one store for all (one camera over time)."""
-    from edgecam.config import Config, RecognizerConfig, ReplaySourceConfig, VisitorsConfig
-    from edgecam.pipeline import Pipeline, load_detector, load_recognizer
-    from edgecam.sources import EndOfStream, make_source
-    from edgecam.visitors import Visitors
+    """Every shared clip replayed in turn through the daemon (``edgecam.app.replay``, nobody enrolled, visitors on,
+    one state folder: one camera over time); per clip its tracks and the visitors they became, and a sheet of
+    every visitor's best crop."""
+    import io
 
-    videos = sorted((REPO / cfg.shared / "data/video").glob("*.[mg][pi][4f]"))
+    from edgecam.app import replay as replay_clip
+    from edgecam.config import parse_config
+
+    videos = sorted(p for p in (REPO / cfg.shared / "data/video").iterdir() if p.suffix in (".mp4", ".gif"))
     state = out / "clips_state"
     for f in state.glob("visitors.db*"):
         f.unlink()
-    base = Config(recognizer=RecognizerConfig(), visitors=VisitorsConfig(enabled=True, threshold=threshold),
-                  state_dir=state)
-    det, rec = load_detector(base), load_recognizer(base)
-    assert rec is not None
-    stage = Visitors.from_config(base, rec)
-    rows, crops = [], {}
+    rows = []
     for video in videos:
-        vcfg = base.model_copy(update={"camera": base.camera.model_copy(update={"name": video.stem[:60].replace(
-            ".", "_"), "source": ReplaySourceConfig.model_construct(path=video, speed="max")})})
-        pipe = Pipeline(vcfg, det, rec, run_id=video.stem[:8])
-        pipe.tracker.visitors = stage.for_camera(vcfg.camera.name)
-        source = make_source(vcfg.camera.source)
-        source.open()
-        events, frame = [], None
-        try:
-            while True:
-                got = source.next(timeout=1.0)
-                if got is not None:
-                    frame = got
-                    events += [e.payload for e in pipe.process(frame)]
-        except EndOfStream:
-            pass
-        source.close()
-        if frame is not None:
-            events += [e.payload for e in pipe.finish(frame)]
-        ends = [e for e in events if e["type"] == "end"]
-        visitors = [e.get("visitor") for e in ends if e.get("visitor")]
+        dcfg = parse_config({"camera": {"name": "clips"}, "recognizer": {}, "state_dir": str(state),
+                             "visitors": {"enabled": True, "threshold": threshold, "fsync": False}})
+        events_file = out / "clips_events.jsonl"
+        replay_clip(dcfg, video, events_path=events_file, stdout=io.StringIO())
+        ends = [e for e in map(json.loads, events_file.read_text().splitlines()) if e["type"] == "end"]
+        seen = [(e["visitor"], e["visits"]) for e in ends if e.get("visitor")]
         rows.append({"clip": video.name, "tracks": len(ends), "unknown_tracks": sum(e["status"] == "unknown"
                                                                                   for e in ends),
-                     "with_visitor": len(visitors), "visitor_ids": sorted(set(visitors)),
-                     "new_visitors": sum(e.get("visits") == 1 for e in ends if e.get("visitor"))})
-    for v in stage.store.visitors():
-        crops[v.id] = stage.store.crop(v.number)
-    summary = {"clips": rows, "visitors": [v.as_dict() for v in stage.store.visitors()]}
-    sheet(crops, out / "clips_visitors.jpg")
-    stage.close()
-    det.close()
-    rec.close()
-    return summary
+                     "visits": len(seen), "new_visitors": sum(n == 1 for _, n in seen),
+                     "visitors_seen_before": sorted({v for v, n in seen if n > 1}),
+                     "visitor_ids": sorted({v for v, _ in seen}, key=lambda v: int(v.split("-")[1]))})
+    store = VisitorStore(state / "visitors.db")
+    visitors = store.visitors()
+    sheet({v.id: store.crop(v.number) for v in sorted(visitors, key=lambda v: v.number)}, out / "clips_visitors.jpg")
+    store.close()
+    return {"clips": rows, "visitors": [v.as_dict() for v in visitors], "sheet": str(out / "clips_visitors.jpg")}
 
 
 def sheet(crops: dict[str, bytes | None], path: Path, cell: int = 128) -> None:
@@ -507,7 +499,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         named = naming(sides["report"], rec, chosen, cfg, Path(tmp))
     result: dict[str, Any] = {
         "command": f"{CMD} {shlex.join(sys.argv[1:] if argv is None else argv)}".strip(),
-        "config": asdict(cfg), "models": {"detector": det.manifest.data["sha256"], "recognizer": rec.model_sha},
+        "config": asdict(cfg), "models": {"detector": det.manifest.data["sha256"], "recognizer": rec.model_sha,
+                                          "recognizer_thresholds": {"known": rec.t_known, "unknown": rec.t_unknown}},
         "sets": {side: {"visits": len(v), "no_face": v.no_face, "people": len(set(v.person.tolist())),
                         "by_kind": {k: int((v.kind == k).sum()) for k in ("lfw", "celeba", "stranger")},
                         "good_crops_per_visit": round(float(v.crops().mean()), 2)} for side, v in sides.items()},
@@ -535,12 +528,18 @@ def summary(r: dict[str, Any]) -> None:
           f"{rep['people_repeat']} repeat people: {rep['ids_per_repeat_person']} ids each "
           f"({rep['repeat_people_one_id']:.1%} one id), {rep['repeat_visits_reidentified']:.1%} of repeat visits "
           f"re-identified; merges {rep['merged_visitors']} ({rep['merge_rate']:.2%} of visitors)")
-    n = r["naming"]["named"]
-    print(f"naming {n['named']} people: their later visits {n['named_right']:.1%} named right, "
-          f"{n['named_wrong']:.1%} wrong, {n['uncertain']:.1%} uncertain; others named as someone "
-          f"{n['others_named_as_someone']:.2%}")
+    for k, f in rep["by_kind"].items():
+        print(f"  {k}: {f['people_repeat']} repeat people, {f['ids_per_repeat_person']} ids each, "
+              f"{f['repeat_visits_reidentified']:.1%} of repeat visits re-identified")
+    n, n0 = r["naming"]["named"], r["naming"]["not_named"]
+    print(f"naming {n['named']} people after half the visits: their {n['later_visits']} later visits "
+          f"{n['named_right']:.1%} named right, {n['named_wrong']:.1%} wrong, {n['uncertain']:.1%} uncertain, "
+          f"{n['unknown_same_visitor'] + n['unknown_other_visitor'] + n['unknown_new_visitor']:.1%} unknown "
+          f"(not named: {n0['unknown_same_visitor']:.1%} came back as their visitor); other people's visits named "
+          f"as someone {n['others_named_as_someone']:.2%}")
     for c in r.get("clips", {}).get("clips", []):
-        print(f"clip {c['clip']}: {c['tracks']} tracks, {c['unknown_tracks']} unknown, visitors {c['visitor_ids']}")
+        print(f"clip {c['clip']}: {c['tracks']} tracks ({c['unknown_tracks']} unknown), {c['visits']} visits: "
+              f"{c['new_visitors']} new visitors, seen before {c['visitors_seen_before']}")
 
 
 if __name__ == "__main__":
