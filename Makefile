@@ -19,7 +19,7 @@ LOCK := constraints/python$(PYVER).txt
 PIN = $(if $(wildcard $(LOCK)),--constraint $(LOCK),)
 LOCK_VENV := .venv-lock
 
-.PHONY: demo test test-fast setup setup-train mosquitto lint lock clean
+.PHONY: demo test test-fast recognizer orl setup setup-train mosquitto lint lock clean
 
 demo: setup
 	$(BIN)/edgecam replay $(CLIP) --speed max $(DEMO_CONFIG)
@@ -37,6 +37,15 @@ FAST_SKIP := tests/reliability tests/badinput tests/test_bench.py tests/test_com
 
 test-fast: setup-train mosquitto
 	$(BIN)/python -m pytest -q -m "not slow and not shared" $(addprefix --ignore=,$(FAST_SKIP)) $(PYTEST_ARGS)
+
+# Rebuild a shipped model from its run config (needs ../shared data; hours on a CPU, see each config's header).
+# Flags go through ARGS, e.g. `make recognizer ARGS="--from prune --device cuda"`, `make orl ARGS="--seed 1"`.
+ARGS ?=
+recognizer: setup-train
+	$(BIN)/python -m training.recognizer.chain --config training/recognizer/configs/recognizer.yaml $(ARGS)
+
+orl: setup-train
+	$(BIN)/python -m training.recognizer.orl --config training/recognizer/configs/orl.yaml $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -305,7 +305,8 @@ def _batched(teacher: object, x: np.ndarray, batch: int = 16) -> np.ndarray:
     return np.concatenate([teacher(x[i:i + batch]) for i in range(0, len(x), batch)])  # type: ignore[operator]
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The data steps' command line (``training.recognizer.chain`` builds these commands from its run config)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["crops", "teacher", "views", "pack", "unpack"])
     ap.add_argument("--to", type=Path, default=None, help="pack/unpack: the packed file")
@@ -316,7 +317,12 @@ def main() -> None:
     ap.add_argument("--landmarks", choices=["detector", "yunet"], default="detector",
                     help="landmark source for LFW (default: detector, the runtime path)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the teacher (default: 1)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.step == "crops":
         build_crops(args.shared, args.out, args.landmarks)

@@ -1,6 +1,9 @@
 """Second task for the same toolkit: a closed-set crop classifier of ORL's 40 people (the ``classifier`` kind).
 
-    python -m training.recognizer.orl --landmarks detector      # all stages, ~10 min on one core
+    make orl      # = python -m training.recognizer.orl --config training/recognizer/configs/orl.yaml (~17 min)
+    python -m training.recognizer.orl --config training/recognizer/configs/orl.yaml --seed 1 --work runs/orl_s1
+
+The run config (``OrlConfig``) sets every knob; flags override it. Resumable: rerun the same command.
 
 1. crops: every ORL image (92x112 grey, padded by 40 px so the detector sees a whole head) -> detector
    landmarks -> aligned crops, 112x112 RGB for the teacher and 64x64 for the student; per person a seeded
@@ -20,11 +23,12 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +49,34 @@ from training.recognizer.data import SHARED, CropSet, central_face, detector_lan
 from training.recognizer.model import count_macs, count_params, create_model, input_shape
 from training.recognizer.teacher import SFACE_PATH, OnnxTeacher
 from training.recognizer.train import augment
+from training.runconfig import parse_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 64
 SPEC = {"name": "input", "layout": "NCHW", "color": "gray", "size": [SIZE, SIZE], "mean": [127.5], "std": [128.0]}
 VARIANTS = 16
 COMMAND = "python -m training.recognizer.orl"
+RUN_CONFIG = "training/recognizer/configs/orl.yaml"
+
+
+@dataclass(frozen=True)
+class OrlConfig:
+    """One ORL run (``training/recognizer/configs/orl.yaml`` is the shipped one; flags override it)."""
+
+    landmarks: str = "detector"  # landmark source of the crops: detector (the runtime path) | yunet
+    data: str = "runs/recognizer/data"  # crop set with the LFW calib people (strangers for the unknown threshold)
+    work: str = "runs/orl"  # run folder: crops, teacher cache, stage checkpoints, ONNX files, report
+    out: str = "edgecam/models/orl_classifier"  # model folder written
+    steps: int = 600  # steps of the labels and KD stages; the pruning and low-rank fine-tunes run half as many
+    batch: int = 32  # crops per step
+    lr: float = 3e-3  # peak learning rate of every stage
+    keep: float = 0.5  # pruning: share of channels kept
+    energy: float = 0.95  # low-rank: SVD energy kept in 1x1 convs
+    max_ratio: float = 0.6  # low-rank: a factorised layer keeps at most this share of its parameters
+    stranger_share: float = 0.05  # share of strangers (LFW calib faces) that reach the unknown threshold
+    seed: int = 0  # torch init; the augmented variants use seed + 1 and the batches seed + 9
+    threads: int = 1  # torch threads
+    run_config: str = ""  # the run config file (set by --config)
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -126,15 +152,15 @@ def teacher_logits(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return 10.0 * e @ centroids.T
 
 
-def fit_teacher(d: dict[str, np.ndarray], work: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Class centroids of SFace train embeddings; SFace embeddings of every variant of the train crops."""
+def fit_teacher(d: dict[str, np.ndarray], work: Path, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Class centroids of SFace train embeddings; SFace embeddings of every variant (``seed``) of the train crops."""
     cache = work / "teacher.npz"
     if cache.exists():
         z = np.load(cache)
         return z["centroids"], z["var_emb"]
     teacher = OnnxTeacher()
     train_idx = np.flatnonzero(d["split"] == 0)
-    var = variants(d["c112"][train_idx], seed=1)
+    var = variants(d["c112"][train_idx], seed=seed)
     var_emb = np.stack([np.concatenate([teacher(var[i:i + 1, v]) for i in range(len(var))])
                         for v in range(VARIANTS)], 1)  # (N, V, 128)
     e = var_emb[:, :2] / np.linalg.norm(var_emb[:, :2], axis=-1, keepdims=True)
@@ -151,13 +177,14 @@ def fit_teacher(d: dict[str, np.ndarray], work: Path) -> tuple[np.ndarray, np.nd
 class OrlBatches:
     """Per-step batches of cached variants: student input, teacher logits, labels."""
 
-    def __init__(self, var: np.ndarray, logits: np.ndarray | None, labels: np.ndarray, batch: int = 32):
-        self.var, self.logits, self.labels, self.batch = var, logits, labels, batch
+    def __init__(self, var: np.ndarray, logits: np.ndarray | None, labels: np.ndarray, batch: int = 32,
+                 seed: int = 9) -> None:
+        self.var, self.logits, self.labels, self.batch, self.seed = var, logits, labels, batch, seed
         n, v = var.shape[:2]
         self.x = to_student(var.reshape(n * v, *var.shape[2:])).reshape(n, v, 1, SIZE, SIZE)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        rng = np.random.default_rng([9, step])
+        rng = np.random.default_rng([self.seed, step])
         i = rng.integers(len(self.var), size=self.batch)
         v = rng.integers(VARIANTS, size=self.batch)
         x = self.x[i, v]
@@ -174,8 +201,8 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
 
 
 def run_stage(name: str, model: torch.nn.Module, batches: OrlBatches, work: Path, steps: int, kd: bool,
-              val: tuple[torch.Tensor, np.ndarray]) -> torch.nn.Module:
-    cfg = DistillConfig(steps=steps, lr=3e-3, warmup=min(50, steps // 10), w_cos=0, w_rel=0,
+              val: tuple[torch.Tensor, np.ndarray], lr: float = 3e-3) -> torch.nn.Module:
+    cfg = DistillConfig(steps=steps, lr=lr, warmup=min(50, steps // 10), w_cos=0, w_rel=0,
                         w_kl=1.0 if kd else 0.0, w_ce=1.0, ckpt_every=200, eval_every=0)
     model, _ = train(model, batches, cfg, work / name / "ckpt.pt",
                      lambda m: {"val_acc": accuracy(m, *val)}, {"stage": name})
@@ -213,68 +240,61 @@ def softmax(z: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--landmarks", choices=["detector", "yunet"], default="detector",
-                    help="landmark source (default: detector, the runtime path)")
-    ap.add_argument("--data", type=Path, default=REPO / "runs/recognizer/data",
-                    help="face crop set with LFW calib people, for the unknown threshold (default: %(default)s)")
-    ap.add_argument("--work", type=Path, default=REPO / "runs/orl", help="run folder (default: %(default)s)")
-    ap.add_argument("--out", type=Path, default=REPO / "edgecam/models/orl_classifier",
-                    help="model folder to write (default: %(default)s)")
-    ap.add_argument("--steps", type=int, default=600, help="steps per training stage (default: 600)")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    cfg, command = parse_run_config(OrlConfig, COMMAND, __doc__, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    args.work.mkdir(parents=True, exist_ok=True)
+    logging.getLogger(__name__).info("config: %s", json.dumps(dataclasses.asdict(cfg)))
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    work, out, data = REPO / cfg.work, REPO / cfg.out, REPO / cfg.data
+    work.mkdir(parents=True, exist_ok=True)
 
     # 1. crops and split
-    cache = args.work / f"crops_{args.landmarks}.npz"
+    cache = work / f"crops_{cfg.landmarks}.npz"
     if not cache.exists():
-        np.savez(cache, **build_crops(SHARED / "data/identity/orl", args.landmarks))
+        np.savez(cache, **build_crops(SHARED / "data/identity/orl", cfg.landmarks))
     d = dict(np.load(cache))
     tr, va, te = (np.flatnonzero(d["split"] == s) for s in (0, 1, 2))
     x_val, x_test = to_student(d["c112"][va]), to_student(d["c112"][te])
     y_val, y_test = d["labels"][va], d["labels"][te]
 
     # 2. teacher: SFace + centroids; logits of the cached variants
-    centroids, var_emb = fit_teacher(d, args.work)
-    var = variants(d["c112"][tr], seed=1)
+    centroids, var_emb = fit_teacher(d, work, seed=cfg.seed + 1)
+    var = variants(d["c112"][tr], seed=cfg.seed + 1)
     t_logits = teacher_logits(var_emb, centroids)
     sface = OnnxTeacher()
     t_test = teacher_logits(np.concatenate([sface(d["c112"][i:i + 1]) for i in te]), centroids)
     classes = len(d["names"])
 
     # 3. stages
-    kd_batches = OrlBatches(var, t_logits, d["labels"][tr])
+    kd_batches = OrlBatches(var, t_logits, d["labels"][tr], cfg.batch, seed=cfg.seed + 9)
     val = (x_val, y_val)
     stages: dict[str, torch.nn.Module] = {}
     stages["labels"] = run_stage("labels", create_model("crop_classifier", classes=classes), kd_batches,
-                                 args.work, args.steps, False, val)
-    stages["kd"] = run_stage("kd", create_model("crop_classifier", classes=classes), kd_batches, args.work,
-                             args.steps, True, val)
+                                 work, cfg.steps, False, val, cfg.lr)
+    stages["kd"] = run_stage("kd", create_model("crop_classifier", classes=classes), kd_batches, work,
+                             cfg.steps, True, val, cfg.lr)
     calib = [x_val[:64]]
-    if not (args.work / "prune/ckpt.pt").exists():
-        m = load_model(args.work / "kd/ckpt.pt")
-        prune(m, x_val[:2], calib, 0.5)
+    if not (work / "prune/ckpt.pt").exists():
+        m = load_model(work / "kd/ckpt.pt")
+        prune(m, x_val[:2], calib, cfg.keep)
     else:
-        m = load_model(args.work / "prune/ckpt.pt")
-    stages["prune"] = run_stage("prune", m, kd_batches, args.work, args.steps // 2, True, val)
-    if not (args.work / "lowrank/ckpt.pt").exists():
-        m = load_model(args.work / "prune/ckpt.pt")
-        factorize_model(m, energy=0.95, max_ratio=0.6, min_saving=0.2, skip=("classifier",))
+        m = load_model(work / "prune/ckpt.pt")
+    stages["prune"] = run_stage("prune", m, kd_batches, work, cfg.steps // 2, True, val, cfg.lr)
+    if not (work / "lowrank/ckpt.pt").exists():
+        m = load_model(work / "prune/ckpt.pt")
+        factorize_model(m, energy=cfg.energy, max_ratio=cfg.max_ratio, min_saving=0.2, skip=("classifier",))
     else:
-        m = load_model(args.work / "lowrank/ckpt.pt")
-    stages["lowrank"] = run_stage("lowrank", m, kd_batches, args.work, args.steps // 2, True, val)
+        m = load_model(work / "lowrank/ckpt.pt")
+    stages["lowrank"] = run_stage("lowrank", m, kd_batches, work, cfg.steps // 2, True, val, cfg.lr)
 
     # 4. export, int8, figures
-    onnx_dir = args.work / "onnx"
+    onnx_dir = work / "onnx"
     for k, m in stages.items():
         export(m.eval(), onnx_dir / k / f"orl_{k}.onnx")
     fp32_dir = onnx_dir / "lowrank"
     (fp32_dir / "model.json").write_text(json.dumps(manifest(fp32_dir / "orl_lowrank.onnx", 0.5, d["names"], {})))
-    calib_dir = args.work / "calib_crops"
+    calib_dir = work / "calib_crops"
     shutil.rmtree(calib_dir, ignore_errors=True)
     calib_dir.mkdir()
     for i in tr:
@@ -299,21 +319,21 @@ def main() -> None:
         r["params"], r["macs"] = count_params(stages[key]), count_macs(stages[key], input_shape(stages[key]))
 
     # 5. the unknown threshold from LFW calib people (strangers to ORL), and the folder
-    thr, reject = unknown_threshold(int8, args.data)
+    thr, reject = unknown_threshold(int8, data, cfg.stranger_share)
     known = float((softmax(onnx_logits(int8, xt)).max(1) >= thr).mean())
     rows[-1]["known_rate"] = known
-    md = table.write(rows, args.work / "report", "stages", "ORL classifier: size vs test top-1")
+    md = table.write(rows, work / "report", "stages", "ORL classifier: size vs test top-1")
     print(md)
-    write_model_folder(args.out, int8, thr, d["names"], rows, reject, known)
-    shutil.copy(args.work / "report/stages.png", args.out / "stages.png")
+    write_model_folder(out, int8, thr, d["names"], rows, reject, known, command, cfg.run_config or RUN_CONFIG)
+    shutil.copy(work / "report/stages.png", out / "stages.png")
 
 
-def unknown_threshold(int8: Path, data_dir: Path) -> tuple[float, float]:
-    """Probability reached by 5 % of LFW calib faces (strangers); returns it and the share rejected."""
+def unknown_threshold(int8: Path, data_dir: Path, share: float = 0.05) -> tuple[float, float]:
+    """Probability reached by ``share`` of LFW calib faces (strangers); returns it and the share rejected."""
     crops = CropSet.load(data_dir)
     idx = crops.indices("lfw", "calib")
     p = softmax(onnx_logits(int8, to_student(np.asarray(crops.crops[idx])).numpy())).max(1)
-    thr = float(math.ceil(np.quantile(p, 0.95) * 1000) / 1000)
+    thr = float(math.ceil(np.quantile(p, 1 - share) * 1000) / 1000)
     return thr, float((p < thr).mean())
 
 
@@ -324,7 +344,7 @@ def manifest(onnx_path: Path, thr: float, names: np.ndarray, extra: dict) -> dic
 
 
 def write_model_folder(out: Path, int8: Path, thr: float, names: np.ndarray, rows: list[dict], reject: float,
-                       known: float) -> None:
+                       known: float, command: str = COMMAND, run_config: str = RUN_CONFIG) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(int8, out / "orl_classifier.onnx")
     shipped = rows[-1]
@@ -333,7 +353,8 @@ def write_model_folder(out: Path, int8: Path, thr: float, names: np.ndarray, row
                          "file_bytes": shipped["file"], "ms_per_crop": shipped["ms"], "params": shipped["params"],
                          "protocol": "ORL: per person a seeded 6/2/2 train/val/test split of the 10 images; "
                                      "threshold = softmax probability reached by 5 % of LFW calib faces",
-                         "command": COMMAND},
+                         "command": command},
+             "training": {"config": run_config},
              "training_data": "AT&T / ORL faces (research use, credit Olivetti Research Lab); not redistributed",
              "license": "Apache-2.0 (weights); trained on research-only data"}
     quant = json.loads((int8.parent / "model.json").read_text())

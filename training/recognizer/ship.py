@@ -6,10 +6,10 @@
    puts the mirror fusion in the graph (``model.FlipFusion``: embedding of the crop + that of its mirror,
    twice the time per crop for a few tenths of a point);
 2. write calibration crops (300 aligned training-pool crops, never the eval or calib people) as PNG;
-3. ``deploy/quantize.py`` twice, each checked against fp32: static int8 QDQ (per-channel weights, uint8
-   activations) into ``int8_static/`` and int8 weights only (fp32 activations, folded at load) into
-   ``int8_weights/``; the latter is shipped (on this x86 CPU onnxruntime's int8 kernels ran this PReLU net
-   slower than fp32, and the static one loses accuracy); ``--static`` ships the former;
+3. ``edgecam.tools.quantize`` (``deploy/quantize.py``) twice, each checked against fp32: static int8 QDQ
+   (per-channel weights, uint8 activations) into ``int8_static/`` and int8 weights only (fp32 activations,
+   folded at load) into ``int8_weights/``; the latter is shipped (on this x86 CPU onnxruntime's int8 kernels
+   ran this PReLU net slower than fp32, and the static one loses accuracy); ``--static`` ships the former;
 4. provisional thresholds on the LFW ``calib`` people with the int8 model (open-set protocol of ``evaluate``):
    ``known`` = the score that 1 % of non-enrolled probes reach, ``unknown`` = the one 5 % reach; from only
    20 non-enrolled people they do not hold on new people (issue 11): ``python -m training.recognizer.calibrate
@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "runs/recognizer/ship", help="scratch (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=REPO / "edgecam/models/face_recognizer",
                     help="model folder to write (default: %(default)s)")
+    ap.add_argument("--run-config", default="training/recognizer/configs/recognizer.yaml",
+                    help="the run config of the chain this checkpoint came from, recorded in model.json as "
+                         "training.config (default: %(default)s)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = CropSet.load(args.data)
@@ -142,7 +145,7 @@ def main() -> None:
     shutil.copy(int8, args.out / "face_recognizer.onnx")
     old = json.loads((args.out / "model.json").read_text()) if (args.out / "model.json").exists() else {}
     extra = {"source_checkpoint": str(args.ckpt.resolve().relative_to(REPO)) if args.ckpt.resolve().is_relative_to(REPO)
-             else str(args.ckpt), "mirror_fusion": args.flip,
+             else str(args.ckpt), "mirror_fusion": args.flip, "training": {"config": args.run_config},
              "quantization": quant, "export_check_max_abs_diff": diff,
              "metrics": {k: v for k, v in old.get("metrics", {}).items() if k != "calibration"},  # another model's
              "training_data": "distilled from SFace on aligned crops of Caltech WebFaces (all 10,524 labelled "

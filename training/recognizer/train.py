@@ -201,7 +201,8 @@ def lowrank_head(model: nn.Module, rank: int) -> None:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The stage's command line (``training.recognizer.chain`` builds these commands from its run config)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["labels", "kd", "prune", "lowrank", "finetune"])
     ap.add_argument("--out", type=Path, required=True, help="run folder (ckpt.pt, history.json)")
@@ -228,10 +229,15 @@ def main() -> None:
     ap.add_argument("--p-view", type=float, default=0.0,
                     help="share of WebFaces crops replaced by their detector-aligned view, with clean "
                          "targets (needs <data>/views.npz from 'data views') (default: 0)")
-    args = ap.parse_args()
+    ap.add_argument("--seed", type=int, default=0, help="torch init and batch sampling (default: 0)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
 
     # 1. data: crops, cached teacher embeddings, the training pool
     data = CropSet.load(args.data)
@@ -250,7 +256,8 @@ def main() -> None:
     # 3. train (distillation, or labels only)
     cfg = DistillConfig(steps=args.steps, lr=args.lr, w_rel=args.w_rel if teacher is not None else 0.0,
                         w_cos=1.0 if teacher is not None else 0.0, w_label=1.0 if classes else 0.0,
-                        classes=classes, eval_every=args.eval_every, warmup=min(100, args.steps // 10))
+                        classes=classes, eval_every=args.eval_every, warmup=min(100, args.steps // 10),
+                        seed=args.seed)
     views = args.data / "views.npz" if args.p_view > 0 else None
     batches = Batches(data, teacher, pool, args.batch, labels, seed=cfg.seed, views=views, p_view=args.p_view,
                       device=args.device)
