@@ -241,6 +241,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_keeps_every_committed_visit(tmp_path: Path) -> None:
     path = tmp_path / "v.db"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

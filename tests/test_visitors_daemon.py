@@ -73,6 +73,7 @@ def messages(col: Any, topic: str) -> list[dict[str, Any]]:
     return [json.loads(m.payload) for m in col.on(topic)]
 
 
+@pytest.mark.slow
 @needs_mosquitto
 def test_daemon_visitors_over_mqtt_name_forget_restart(tmp_path: Path, broker: Any, collector: Any) -> None:
     rec = EmbeddingRecognizer("face_recognizer")
@@ -154,6 +155,7 @@ def test_visitor_commands_are_refused_unless_allowed() -> None:
             parse_command("visitor", bad, allow_visitors=True)
 
 
+@pytest.mark.slow
 def test_replay_twice_through_the_cli_keeps_the_visitors(tmp_path: Path) -> None:
     """``edgecam replay`` with visitors on, twice (two processes): the second run sees the same two visitors
     again; ``visitors name`` then makes one of them known in a third run."""
@@ -180,6 +182,7 @@ def test_replay_twice_through_the_cli_keeps_the_visitors(tmp_path: Path) -> None
     assert sorted((e["visitor"], e["visits"]) for e in third if e["visitor"]) == [("visitor-1", 3)]
 
 
+@pytest.mark.slow
 def test_visitor_components_pass_home_assistants_own_schemas() -> None:
     """The Visitor event and Visitor face image as Home Assistant 2025.4 reads them (EDGECAM_HA_PYTHON)."""
     import test_mqtt_ha as ha
