@@ -10,6 +10,9 @@ Every scale: with ``input.coarse_side`` set, a frame whose (downscaled) short si
 once more downscaled to that short side (a cheap pass, ~1/9 of the pixels of a 640x480 frame) where faces that
 fill the frame come down to the sizes the network was trained on; both passes are merged by NMS, and a box
 mostly inside a larger, higher-scored box (a nose or an eye of a big face) is dropped.
+
+Low light: with ``input.dark_below`` set, a frame whose mean grey is under it is brightened first (a gamma
+that brings its mean grey to about 100), so faces in a dim room are not left near black.
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ class FaceDetector:
             boxes (N, 5) float32 x1,y1,x2,y2,score and landmarks (N, 4, 2) float32 x,y, original pixels,
             best first; (0, 5) and (0, 4, 2) when there is no face.
         """
-        img = _check_image(bgr)
+        img = _lift_dark(_check_image(bgr), float(self.input.get("dark_below", 0)))
         short = min(img.shape[:2])
         scale = min(1.0, self.max_side / max(img.shape[:2]))
         boxes, lms = self._detect(img, scale)
@@ -191,6 +194,18 @@ def _check_image(img: np.ndarray) -> np.ndarray:
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) or min(img.shape[:2]) < 1:
         raise ValueError(f"image shape {img.shape} is not (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
     return img
+
+
+def _lift_dark(img: np.ndarray, below: float, target: float = 100.0) -> np.ndarray:
+    """A frame whose mean grey is under ``below`` (0 = never) brightened by the gamma that moves its mean grey
+    to about ``target`` (a dim stage, a dark room without IR); other frames unchanged."""
+    if below <= 0:
+        return img
+    mean = float(img.mean()) if img.ndim == 2 else float(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).mean())
+    if mean >= below or mean < 1:
+        return img
+    gamma = np.log(target / 255) / np.log(mean / 255)
+    return cv2.LUT(img, (255 * (np.arange(256) / 255) ** gamma).astype(np.uint8))
 
 
 def _pad(x: np.ndarray, multiple: int) -> np.ndarray:

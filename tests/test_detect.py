@@ -129,6 +129,16 @@ def test_suppress_inner_drops_a_part_of_a_bigger_face() -> None:
     assert list(suppress_inner(boxes, np.array([0.5, 0.9, 0.6, 0.4]))) == [0, 1, 2, 3]
 
 
+def test_dark_frames_are_lifted_bright_ones_untouched() -> None:
+    from edgecam.detect import _lift_dark
+
+    dark = (grace_hopper().astype(np.float32) * 0.12).astype(np.uint8)  # mean grey ~12
+    assert 80 < _lift_dark(dark, 50).mean() < 120
+    assert _lift_dark(dark, 0) is dark  # off
+    bright = grace_hopper()
+    assert _lift_dark(bright, 50) is bright
+
+
 @pytest.mark.parametrize("fx", [1.6, 2.4])
 def test_coarse_pass_finds_a_face_filling_the_frame(fx: float) -> None:
     img = cv2.resize(grace_hopper(), None, fx=fx, fy=fx, interpolation=cv2.INTER_LINEAR)  # face ~400-600 px
