@@ -567,6 +567,9 @@ class Visitors:
         except VisitorError:
             logger.exception("track %s: recording the visit failed", track.id)
             return False
+        finally:
+            if final:  # the track is gone: nothing to remember about it
+                self._recorded.pop(track.id, None)
         track.visitor, track.visits = seen.visitor.id, seen.visitor.visits
         return True
 

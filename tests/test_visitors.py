@@ -323,6 +323,7 @@ def test_unknown_tracks_become_visits_events_carry_the_visitor(tmp_path: Path) -
     assert all(e["visitor"] is None and "visits" in e for e in known)
     assert [v.id for v in s.visitors()] == ["visitor-2", "visitor-1"] and s.get("visitor-1").visits == 2
     assert s.crop("visitor-1") is not None and s.get("visitor-1").cameras == ["door"]
+    assert tracker.visitors._recorded == {}  # nothing kept about tracks that ended
     s.close()
 
 
