@@ -214,6 +214,7 @@ class App:
         assert self.source is not None and self.pipeline is not None
         self.health = Health(self.cfg.camera.name, self.cfg.stats_interval_s, self.pipeline, self.source,
                              self.publisher, time.monotonic())
+        self.health.visitors = self.visitors.store if self.visitors is not None else None
         self._worker = threading.Thread(target=self._work, name="edgecam-worker", daemon=True)
         self._worker.start()
         self._cleanup.append(("worker", self._join_worker))

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from edgecam import notify
+from edgecam import EdgecamError, notify
 
 if TYPE_CHECKING:
     from edgecam.outputs import EventPublisher
@@ -41,6 +41,7 @@ class Health:
         self.t_start = self._t_stats = now
         self.t_end = self._t_ping = 0.0
         self._frames_at_stats = 0
+        self.visitors: Any = None  # the visitor store (visitors enabled): its figures go in the stats
 
     def tick(self, frame: Frame | None, now: float) -> None:
         """After each read: READY on the first frame, WATCHDOG while frames flow, stats when it is time."""
@@ -83,4 +84,9 @@ class Health:
             out.update(queue_depth=st.get("queued", 0), dropped_events=st.get("dropped", 0),
                        broker_connected=bool(st.get("connected")), broker_ever_connected=bool(st.get("ever_connected")),
                        broker_error=st.get("last_error"), latency_ms=st.get("latency_ms"))
+        if self.visitors is not None:
+            try:
+                out["visitors"] = self.visitors.stats()
+            except EdgecamError as e:
+                logger.warning("visitor store figures: %s", e)
         return out

@@ -179,6 +179,7 @@ class VisitorStore:
         self._stored = np.zeros((0, 0), np.float32)  # (N, D) visit centroids of every visitor
         self._owners = np.zeros(0, np.int64)  # (N,) their visitor numbers
         self._seqs = np.zeros(0, np.int64)  # (N,) their rows
+        self._closed_stats: dict[str, int] | None = None
         try:
             self.model_sha, self.dim = self._check_model(model_sha, dim)
             self.evicted = int(self._meta("evicted") or 0)
@@ -428,7 +429,10 @@ class VisitorStore:
         return cur.rowcount > 0
 
     def stats(self) -> dict[str, int]:
-        """Visitors, embeddings and bytes stored; visitors evicted for room since the file was created."""
+        """Visitors, embeddings and bytes stored; visitors evicted for room since the file was created (after
+        ``close``: the figures at closing)."""
+        if self._closed_stats is not None:
+            return dict(self._closed_stats)
         with self._lock:
             count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM visitors").fetchone()
             emb = self._db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
@@ -494,6 +498,10 @@ class VisitorStore:
 
     def close(self) -> None:
         """Checkpoint and close the database; safe to call twice."""
+        try:
+            closing = self.stats() if self._closed_stats is None else None
+        except sqlite3.Error:
+            closing = None
         with self._lock:
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -502,6 +510,8 @@ class VisitorStore:
                 pass  # already closed
             except sqlite3.Error as exc:
                 logger.warning("visitor store %s: close failed: %s", self.path, exc)
+            self._closed_stats = self._closed_stats or closing or {"visitors": 0, "embeddings": 0, "bytes": 0,
+                                                                      "evicted": self.evicted}
 
 
 def name_visitor(store: VisitorStore, ref: str | int, name: str, gallery: Any, gallery_path: Path | None) -> Visitor:

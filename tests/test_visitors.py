@@ -81,6 +81,7 @@ def test_restart_keeps_visitors_embeddings_and_crops(tmp_path: Path) -> None:
     before = [v.as_dict() for v in s.visitors()]
     emb = s.embeddings("visitor-2")
     s.close()
+    assert s.stats()["visitors"] == 3  # the figures at closing
     again = store(tmp_path / "v.db")
     assert [v.as_dict() for v in again.visitors()] == before
     assert np.array_equal(again.embeddings("visitor-2"), emb) and emb.shape == (2, DIM)

@@ -117,6 +117,7 @@ def test_daemon_visitors_over_mqtt_name_forget_restart(tmp_path: Path, broker: A
         assert new3["event_type"] == "new_visitor"
     finally:
         app.stop()
+    assert app.stats()["visitors"]["visitors"] == 1  # in the daemon's stats (here: at closing)
     store = VisitorStore(tmp_path / "state" / STORE_FILE)
     numbers = [v.number for v in store.visitors()]
     visits = store.get("visitor-3").visits
