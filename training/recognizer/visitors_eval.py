@@ -166,7 +166,8 @@ def visit_frames(photo: np.ndarray, side: float, cfg: EvalConfig) -> list[np.nda
                          interpolation=cv2.INTER_AREA) if f < 1 else photo
         if k < 2:  # far and moving: blurred and compressed
             img = cv2.GaussianBlur(img, (0, 0), 1.0 - 0.5 * k)
-            img = cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 60])[1], cv2.IMREAD_COLOR)
+            img = np.asarray(cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 60])[1],
+                                          cv2.IMREAD_COLOR))
         h, w = max(240, img.shape[0]), max(320, img.shape[1])
         frame = np.full((h, w, 3), 128, np.uint8)
         y, x = (h - img.shape[0]) // 2, (w - img.shape[1]) // 2
@@ -252,7 +253,7 @@ def replay(visits: Visits, store: VisitorStore, min_crops: int, which: range | N
 
 def figures(visits: Visits, assigned: np.ndarray) -> dict[str, Any]:
     """Fragmentation, re-identification and merges of one replay (see the module docstring)."""
-    rec = np.flatnonzero(assigned > 0)
+    rec = np.flatnonzero(assigned > 0).tolist()
     by_person: dict[str, list[int]] = {}
     for v in rec:
         by_person.setdefault(str(visits.person[v]), []).append(int(assigned[v]))
@@ -340,13 +341,13 @@ def naming(visits: Visits, rec: EmbeddingRecognizer, threshold: float, cfg: Eval
     for named_run in (False, True):
         store = open_store(tmp, rec, threshold)
         assigned = replay(visits, store, cfg.min_crops, range(half))
-        first = {}
-        for v in np.flatnonzero(assigned[:half] > 0):
+        first: dict[str, list[int]] = {}
+        for v in np.flatnonzero(assigned[:half] > 0).tolist():
             first.setdefault(str(visits.person[v]), []).append(int(assigned[v]))
         later = {str(visits.person[v]) for v in range(half, len(visits)) if ok[v]}
         eligible = sorted(p for p in first if p in later and not p.startswith("few:"))
         chosen = sorted(np.random.default_rng(cfg.seed + 2).permutation(eligible)[:cfg.named].tolist())
-        gallery, named = Gallery(rec.model_sha, rec.dim), {}
+        gallery, named = Gallery(rec.model_sha, rec.dim), dict[str, int]()
         for p in chosen:
             top = max(set(first[p]), key=first[p].count)
             if named_run and top not in named.values():
