@@ -64,7 +64,8 @@ def test_calibrate_tiny_subset_writes_thresholds_the_runtime_uses(tmp_path: Path
 
     # 1. thresholds: before = what the folder had; after = the calibration strangers' 1 % / 5 % points
     s, t = saved["models"]["student"], saved["models"]["teacher"]
-    assert s["thresholds_before"] == {"known": shipped["known"], "unknown": shipped["unknown"]}
+    before = shipped.get("provisional", shipped)  # ship.py's thresholds, kept once calibrate replaced them
+    assert s["thresholds_before"] == {"known": before["known"], "unknown": before["unknown"]}
     for m in (s, t):
         assert 0 < m["thresholds"]["unknown"] < m["thresholds"]["known"] < 1
         assert m["after"]["calib_gallery"]["fpir_strangers_calib"] <= 0.01
@@ -90,6 +91,7 @@ def test_calibrate_tiny_subset_writes_thresholds_the_runtime_uses(tmp_path: Path
     mj = json.loads((model / "model.json").read_text())
     assert mj["output"]["thresholds"]["known"] == s["thresholds"]["known"]
     assert mj["output"]["thresholds"]["command"].startswith("python -m training.recognizer.calibrate --config")
+    assert mj["output"]["thresholds"]["provisional"] == s["thresholds_before"]
     assert mj["metrics"]["calibration"]["held_out_at_thresholds"]["student"]["known"] == s["thresholds"]["known"]
     assert "shipped" in mj["metrics"]  # report.py's figures stay
     card = (model / "README.md").read_text()

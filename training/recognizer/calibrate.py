@@ -21,12 +21,13 @@ photo's face as ``edgecam enroll`` finds it, aligned on the detector's landmarks
 4. Calibration: gallery = every LFW calib person enrolled with 3 photos; impostors = the calibration half of the
    strangers. ``known`` = the smallest threshold that at most ``known_fpir`` of them reach, ``unknown`` = the one
    ``unknown_fpir`` reach. The teacher gets its own thresholds the same way.
-5. Held-out figures at the thresholds before and after (``openset.OpenSet``): FPIR of the held-out strangers
-   against the calib gallery and against the LFW eval gallery (``evaluate.gallery_split``: 50 eval people x 3
-   photos), FPIR of the 50 eval people not enrolled, DIR (named right) and genuine probes named as someone else;
-   DIR at FPIR 1 % and 5 % (thresholds set on those impostors); 10-fold verification (``evaluate``); the same on
-   CelebA eval identities (half of those with 2+ photos enrolled with up to 3, keeping one to probe); FPIR of
-   the held-out strangers against calib galleries of 5 to 40 people.
+5. Held-out figures (``openset.OpenSet``) at the thresholds before (``ship.py``'s, from the 40 calib people) and
+   after: FPIR of the held-out strangers against the calib gallery and against the LFW eval gallery
+   (``evaluate.gallery_split``: 50 eval people x 3 photos), FPIR of the 50 eval people not enrolled, DIR (named
+   right) and genuine probes named as someone else; DIR at FPIR 1 % and 5 % (thresholds set on those impostors);
+   10-fold verification (``evaluate``); the same on CelebA eval identities (half of those with 2+ photos enrolled
+   with up to 3, keeping one to probe, in galleries of ``celeba_gallery`` people); FPIR of the held-out strangers
+   against calib galleries of 5 to 40 people.
 6. Tracks (``tracks.py``): pseudo-tracks of the enrolled eval people, the eval people not enrolled and held-out
    strangers through the daemon's pipeline; the proposed quality-weighted vote on the same recognitions.
 7. ``calibrate.json`` and ``fpir.png`` under ``out``; with ``update_model`` the thresholds go into the recognizer's
@@ -59,6 +60,7 @@ from training.recognizer.data import CropSet, celeba_split, lfw_people, split_pe
 from training.recognizer.openset import OpenSet, enroll, rate, threshold_at
 from training.recognizer.stills import Faces, cached_faces, embed
 from training.recognizer.tracks import TrackConfig, TrackSpec, run_tracks
+from training.runconfig import parse_bool
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -96,32 +98,27 @@ class CalibConfig:
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[CalibConfig, str]:
-    """``CalibConfig`` from ``--config FILE`` with ``--field value`` / ``--track.field value`` overrides; and the
-    command line that reproduces it."""
+    """``CalibConfig`` from ``--config FILE`` with ``--field value`` / ``--track.field value`` overrides (as
+    ``training.runconfig``, plus the nested ``track`` section); and the command line that reproduces it."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="", help="run config YAML (default: none, the dataclass defaults)")
     path = ap.parse_known_args(argv)[0].config
-    given = yaml.safe_load(Path(path).read_text()) or {} if path else {}
+    given = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
     for prefix, cls, values in (("", CalibConfig, given), ("track.", TrackConfig, given.get("track", {}))):
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(values) - names:
+            ap.error(f"{path}: unknown key(s) {', '.join(sorted(set(values) - names))} in {prefix or 'the top level'}")
         for f in dataclasses.fields(cls):
             if f.name in ("track", "run_config"):
                 continue
             default = values.get(f.name, getattr(cls(), f.name))
-            kind = _parse_bool if isinstance(default, bool) else type(default)
+            kind = parse_bool if isinstance(default, bool) else type(default)
             ap.add_argument(f"--{prefix}{f.name}", type=kind, default=default, help=f"(default: {default})")
     ns = vars(ap.parse_args(argv))
     track = TrackConfig(**{k[6:]: v for k, v in ns.items() if k.startswith("track.")})
     cfg = CalibConfig(**{k: v for k, v in ns.items() if not k.startswith("track.") and k != "config"},
                       run_config=ns["config"], track=track)
     return cfg, " ".join([CMD, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (true/false)")
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -150,6 +147,15 @@ def teacher_check(rec: EmbeddingRecognizer, sface: Path, crops: np.ndarray) -> f
     a = rec.embed(list(crops))
     b = OnnxTeacher(sface)(np.ascontiguousarray(crops[..., ::-1]))
     return float(((a * b).sum(1) / np.linalg.norm(b, axis=1)).min())
+
+
+def provisional(rec: EmbeddingRecognizer) -> dict[str, float]:
+    """The thresholds before calibration: those ``ship.py`` set (kept as ``thresholds.provisional`` once this
+    command has replaced them, so a second run compares against the same ones), else the folder's own."""
+    prov = rec.manifest.output["thresholds"].get("provisional")
+    if isinstance(prov, dict) and {"known", "unknown"} <= set(prov):
+        return {"known": float(prov["known"]), "unknown": float(prov["unknown"])}
+    return {"known": rec.t_known, "unknown": rec.t_unknown}
 
 
 # ------------------------------------------------------------------------------------------------- photos
@@ -406,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 1. models: detector, recognizer (thresholds before), teacher folder
     det = FaceDetector(REPO / cfg.detector, threads=cfg.threads)
     recs = {"student": EmbeddingRecognizer(REPO / cfg.recognizer, threads=cfg.threads)}
-    before = {"known": recs["student"].t_known, "unknown": recs["student"].t_unknown}
+    before = provisional(recs["student"])
     if cfg.teacher:
         recs["teacher"] = EmbeddingRecognizer(teacher_folder(out, sface), threads=cfg.threads)
     # 2. photos -> crops

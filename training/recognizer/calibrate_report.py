@@ -1,7 +1,8 @@
 """Outputs of ``training.recognizer.calibrate``: ``calibrate.json``, ``calibrate.md``, ``fpir.png``, and the
 thresholds, figures and card section of the recognizer's model folder.
 
-The model folder gets ``output.thresholds`` = {known, unknown, calibration (how), command, detector}, the figures
+The model folder gets ``output.thresholds`` = {known, unknown, calibration (how), command, provisional (the
+thresholds ``ship.py`` set, which a later run reports as "before")}, the figures
 under ``metrics.calibration`` (``report.py`` keeps that key) and, in ``README.md``, the table between the
 ``<!-- calibration:start -->`` and ``<!-- calibration:end -->`` markers.
 """
@@ -36,7 +37,8 @@ def columns(r: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]
     """(header, model figures, figures at its thresholds) per column: student before / after, teacher."""
     s = r["models"]["student"]
     tb, ta = s["thresholds_before"], s["thresholds"]
-    cols = [(f"student, shipped before (known {tb['known']:.4f})", s, s["before"]),
+    cols = [(f"student, before calibration (ship.py's; known {tb['known']:.4f}, unknown {tb['unknown']:.4f})", s,
+             s["before"]),
             (f"student, calibrated (known {ta['known']:.4f}, unknown {ta['unknown']:.4f})", s, s["after"])]
     if "teacher" in r["models"]:
         t = r["models"]["teacher"]
@@ -85,7 +87,7 @@ def track_table(r: dict[str, Any]) -> str:
             "before) / named wrong / not named | eval people not enrolled: named / unknown | held-out strangers: "
             "named / unknown | tracks |\n|---|---|---|---|---|---|")
     lines = [head]
-    names = {"student_before": "student, shipped before", "student": "student, calibrated",
+    names = {"student_before": "student, before calibration", "student": "student, calibrated",
              "teacher": "SFace teacher, own calibration"}
     for key, label in names.items():
         for rule, rule_label in (("runtime", "runtime (edgecam.track.vote)"), ("proposed", "quality-weighted")):
@@ -167,7 +169,7 @@ def plot(curves: dict[str, Any], r: dict[str, Any], path: Path) -> None:
         ax.axvline(m["thresholds"]["known"], color="k", ls="-", lw=1, label="known, calibrated")
         ax.axvline(m["thresholds"]["unknown"], color="k", ls=":", lw=1, label="unknown, calibrated")
         if "thresholds_before" in m:
-            ax.axvline(m["thresholds_before"]["known"], color="r", ls="--", lw=1, label="known, shipped before")
+            ax.axvline(m["thresholds_before"]["known"], color="r", ls="--", lw=1, label="known, before calibration")
         for f in (r["targets"]["known_fpir"], r["targets"]["unknown_fpir"]):
             ax.axhline(f, color="grey", lw=0.5)
         ax.set(title=f"{name}: FPIR vs threshold", xlabel="similarity threshold (named at or above)",
@@ -223,7 +225,7 @@ def update_model(model_dir: Path, r: dict[str, Any], md: str, out: Path) -> None
                        f"or training set) vs the {s['counts']['calib']['gallery_people']} LFW calib people: known = "
                        f"smallest score at most {pct(tg['known_fpir'], 0)} of them reach, unknown = "
                        f"{pct(tg['unknown_fpir'], 0)}; crops of detector sha256 {r['detector']['sha256'][:12]}",
-        "command": r["command"]}
+        "command": r["command"], "provisional": s["thresholds_before"]}  # ship.py's, compared against on a rerun
     m.setdefault("metrics", {})["calibration"] = summary(r)
     mj.write_text(json.dumps(m, indent=2) + "\n")
     shutil.copy(out / "fpir.png", model_dir / "calibration.png")
