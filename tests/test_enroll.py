@@ -321,8 +321,12 @@ def test_identify_threshold_sets_the_strictness(gallery: Path, tmp_path: Path) -
     assert stricter["status"] == "uncertain" and stricter["name"] == "uncertain" and stricter["candidate"] == "eileen"
     text = edgecam("identify", "--gallery", str(gallery), "--threshold", f"{sim + 0.005:.4f}", str(probe)).stdout
     assert f"uncertain (candidate eileen? {sim:.2f})" in text
-    [strictest] = faces("--threshold", "0.99")
-    assert strictest["name"] == "unknown" and "candidate" not in strictest
+    [strictest] = faces("--threshold", "0.99")  # the uncertain band moves along: unknown once sim is below it
+    shipped = json.loads((MODELS_DIR / "face_recognizer/model.json").read_text())["output"]["thresholds"]
+    if sim < 0.99 - (shipped["known"] - shipped["unknown"]):
+        assert strictest["name"] == "unknown" and "candidate" not in strictest
+    else:  # a near copy of the enrolled photo: still within the (moved) band
+        assert strictest["name"] == "uncertain" and strictest["candidate"] == "eileen"
     for bad in ("1.5", "0", "-0.2"):
         r = edgecam("identify", "--gallery", str(gallery), "--threshold", bad, str(probe))
         assert r.returncode == 2 and r.stderr.strip() == (f"edgecam identify: --threshold {float(bad)}: want a value "
