@@ -19,7 +19,7 @@ LOCK := constraints/python$(PYVER).txt
 PIN = $(if $(wildcard $(LOCK)),--constraint $(LOCK),)
 LOCK_VENV := .venv-lock
 
-.PHONY: demo test test-fast recognizer orl setup setup-train mosquitto lint lock clean
+.PHONY: demo test test-fast detector recognizer orl setup setup-train mosquitto lint lock clean
 
 demo: setup
 	$(BIN)/edgecam replay $(CLIP) --speed max $(DEMO_CONFIG)
@@ -43,6 +43,18 @@ test-fast: setup-train mosquitto
 ARGS ?=
 recognizer: setup-train
 	$(BIN)/python -m training.recognizer.chain --config training/recognizer/configs/recognizer.yaml $(ARGS)
+
+# The detector: stage the fetched scene/portrait sets (needs their snapshots from the fetch tool), label them with
+# YuNet, fine-tune the m3 detector (taken from git history) with wild.yaml then wild2.yaml, export (~2 h on 2 cores).
+M3_COMMIT := 42157e7
+detector: setup-train
+	mkdir -p runs/detector
+	[ -f runs/detector/m3.onnx ] || git show $(M3_COMMIT):edgecam/models/face_detector/face_detector.onnx > runs/detector/m3.onnx
+	$(BIN)/python -m training.fetched --set worksite --set voc_shwd --set coco128_person --set rwmfd --set utkface
+	PYTHON=$(BIN)/python bash training/detector/configs/label_wild.sh
+	$(BIN)/python -m training.detector.train --config training/detector/configs/wild.yaml $(ARGS)
+	$(BIN)/python -m training.detector.train --config training/detector/configs/wild2.yaml $(ARGS)
+	$(BIN)/python -m training.detector.export runs/detector/wild2/ckpt.pt
 
 orl: setup-train
 	$(BIN)/python -m training.recognizer.orl --config training/recognizer/configs/orl.yaml $(ARGS)

@@ -414,16 +414,19 @@ def main_face(boxes: np.ndarray, shape: tuple[int, ...]) -> tuple[int | None, st
 def detect_in_portrait(detector: Detector, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Faces of an enrollment photo: (N, 5) boxes and (N, 4, 2) landmarks in its pixels.
 
-    A close-up whose face fills the photo can be larger than the detector finds; when nothing is found, the
-    photo is tried again in the middle of a grey canvas three times its size (the face then fills a third).
+    A close-up whose face fills the photo is found with poor landmarks, or not at all: when nothing is found or
+    a box spans most of the photo, it is tried again in the middle of a grey canvas three times its size (the
+    face then fills a third), and that result is taken when it has a face.
     """
     boxes, landmarks = detector(bgr)
-    if len(boxes):
-        return boxes, landmarks
     h, w = bgr.shape[:2]
+    if len(boxes) and not np.any((boxes[:, 2] - boxes[:, 0] > 0.8 * w) | (boxes[:, 3] - boxes[:, 1] > 0.8 * h)):
+        return boxes, landmarks
     canvas = cv2.copyMakeBorder(bgr, h, h, w, w, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-    boxes, landmarks = detector(canvas)
-    boxes, landmarks = boxes.copy(), landmarks.copy()
+    cb, cl = detector(canvas)
+    if len(cb) == 0:
+        return boxes, landmarks
+    boxes, landmarks = cb.copy(), cl.copy()
     boxes[:, [0, 2]] -= w
     boxes[:, [1, 3]] -= h
     landmarks -= np.array([w, h], np.float32)
