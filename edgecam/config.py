@@ -234,6 +234,17 @@ class TrackerConfig(Section):
                                   "is within 2x (a face missed for a few frames keeps its id; 0: IoU only)")
     update_interval_s: float = Field(default=1.0, ge=0, le=3600, description="least time between snapshot-only updates")
     label: str = Field(default="face", pattern=r"^[a-z0-9_]{1,32}$", description="label of the events")
+    vote_full_size_px: float = Field(default=64.0, gt=0, le=4096,
+                                     description="face box side (frame pixels) at which a crop's identity vote "
+                                     "counts fully; a smaller face's vote weighs (size / this)^2")
+    vote_full_sharpness: float = Field(default=100.0, gt=0, le=1e6,
+                                       description="crop sharpness (Laplacian variance) at which a vote counts "
+                                       "fully; a blurrier crop's vote weighs sharpness / this (times the size "
+                                       "factor)")
+    vote_min_weight: float = Field(default=1.0, ge=0, le=10000,
+                                   description="total vote weight (one large sharp crop: 1) a track needs before "
+                                   "its identity is decided; until then its status is uncertain (pending), never "
+                                   "unknown (0: decide on the first vote, unknown before any)")
 
 
 class SnapshotConfig(Section):
@@ -300,6 +311,15 @@ class Config(Section):
         if v.enabled and (rec is None or rec.type != "identity"):
             raise ValueError("enabled visitors need a recognizer section of type identity (visitors are matched "
                              "on its embeddings)")
+        return v
+
+    @field_validator("tracker")
+    @classmethod
+    def _vote_weight_reachable(cls, v: TrackerConfig, info: ValidationInfo) -> TrackerConfig:
+        rec = info.data.get("recognizer")
+        if rec is not None and v.vote_min_weight > rec.max_votes:
+            raise ValueError(f"vote_min_weight {v.vote_min_weight} is never reached with recognizer.max_votes "
+                             f"{rec.max_votes} (a vote weighs at most 1): every track would stay uncertain")
         return v
 
     @field_validator("state_dir")

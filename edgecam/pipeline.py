@@ -16,10 +16,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgecam.config import Config
-from edgecam.crops import QualityGate, align
+from edgecam.crops import Quality, QualityGate, align
 from edgecam.motion import MotionGate
 from edgecam.sources import Frame
-from edgecam.track import Event, Observation, Tracker, Vote
+from edgecam.track import Event, Observation, Tracker, Vote, vote_weight
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ class PipelineCounts:
     errors: int = 0
 
 
-def identity_vote(result: Any) -> Vote:
-    """A recognizer ``Identity(name, status, score)`` as a tracker vote."""
-    return Vote(str(result.name), str(result.status), float(result.score))
+def identity_vote(result: Any, weight: float = 1.0) -> Vote:
+    """A recognizer ``Identity(name, status, score)`` as a tracker vote of ``weight`` (``track.vote_weight``)."""
+    return Vote(str(result.name), str(result.status), float(result.score), weight)
 
 
 class Pipeline:
@@ -98,10 +98,11 @@ class Pipeline:
         self.cfg, self.detector, self.recognizer = cfg, detector, recognizer
         self.motion = MotionGate(cfg.motion)
         self.quality = QualityGate.from_config(cfg.crops)
-        self.tracker = Tracker(cfg.tracker, cfg.snapshot, cfg.camera.name, run_id)
         w, h = recognizer.input_size if recognizer is not None else (112, 112)
         self.crop_size = (int(w), int(h))
         self.max_votes = cfg.recognizer.max_votes if cfg.recognizer is not None else 0
+        self.tracker = Tracker(cfg.tracker, cfg.snapshot, cfg.camera.name, run_id,
+                               recognizing=recognizer is not None, max_votes=self.max_votes)
         self.detection_enabled = cfg.detector.enabled
         self.timer = StageTimer()
         self.counts = PipelineCounts()
@@ -142,7 +143,7 @@ class Pipeline:
             quality = self.quality(crop, box, lm)
             observations.append(Observation(track, box, lm, quality))
             self.counts.crops_passed += quality.ok
-            if quality.ok and self.recognizer is not None and track.want_vote(self.max_votes):
+            if quality.ok and self.recognizer is not None and track.want_vote(self.max_votes, self._weight(quality)):
                 wanted[i] = crop
         return observations, wanted
 
@@ -150,10 +151,16 @@ class Pipeline:
         assert self.recognizer is not None
         results = self.recognizer(list(crops.values()))
         for i, result in zip(crops, results, strict=True):
-            observations[i].vote = identity_vote(result)
+            quality = observations[i].quality
+            observations[i].vote = identity_vote(result, self._weight(quality) if quality is not None else 1.0)
             observations[i].embedding = getattr(result, "embedding", None)
         self.counts.crops_recognized += len(crops)
         self.counts.recognizer_pixels += len(crops) * self.crop_size[0] * self.crop_size[1]
+
+    def _weight(self, quality: Quality) -> float:
+        """How much a crop of this quality counts in its track's identity vote."""
+        t = self.cfg.tracker
+        return vote_weight(quality, t.vote_full_size_px, t.vote_full_sharpness)
 
     def finish(self, frame: Frame) -> list[Event]:
         """End every open track (end of stream, detection switched off, daemon stopping)."""

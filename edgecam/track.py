@@ -9,6 +9,13 @@ Used in two steps per frame on which the detector ran:
 2. the caller measures crop quality and recognizes the crops of tracks that ``want_vote()``, then passes
    ``Observation``s to ``update(frame, observations)``, which returns the events.
 
+Identity is voted over the track (``vote``): each recognizer result weighs ``vote_weight`` of its crop's quality
+(face size and sharpness; a far or blurred early frame counts little), a name needs at least half the weight, and
+a track keeps its ``max_votes`` weightiest votes (a better crop replaces the weakest one kept). While a track's
+votes weigh less than ``vote_min_weight`` (none yet included: a track is often confirmed before any crop passed
+the quality gate) its status is ``uncertain``, pending, not ``unknown``: an enrolled person is not announced as
+a stranger first. Without a recognizer every track is ``unknown`` at once.
+
 A track is confirmed (event ``new``) after ``min_hits`` detections of which ``confirm_hits`` scored at least
 ``confirm_score`` (a face with confidence: lamps, flames and torsos that the detector scores just above its
 threshold never become events), and ends (event ``end``) after ``max_age`` detector runs without one. An
@@ -93,33 +100,46 @@ def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class Vote:
-    """One recognizer result for a crop of the track."""
+    """One recognizer result for a crop of the track, and how much it counts (``vote_weight``)."""
 
     name: str
     status: str  # known | unknown | uncertain
     score: float
+    weight: float = 1.0
 
 
-def vote(votes: list[Vote]) -> tuple[str, str, float]:
-    """(identity, status, confidence) from a track's votes.
+def vote_weight(quality: Quality, full_size_px: float = 64.0, full_sharpness: float = 100.0) -> float:
+    """How much a crop's recognizer result counts in the track's vote: min(1, size / ``full_size_px``)^2 x
+    min(1, sharpness / ``full_sharpness``), 1 for a large sharp face (a far or blurred face counts little)."""
+    return float(min(1.0, quality.size / full_size_px) ** 2 * min(1.0, quality.sharpness / full_sharpness))
+
+
+def vote(votes: list[Vote], min_weight: float = 0.0) -> tuple[str, str, float]:
+    """(identity, status, confidence) from a track's votes, each counting its ``weight``.
 
     Known names and ``unknown`` are tallied (``uncertain`` results count only in the total); the label with the
-    most votes wins (ties: higher summed score). A name is ``known`` when it holds at least half of all votes,
-    else ``uncertain``. Confidence is the winner's share of the votes. No decisive vote: ``unknown``.
+    most weight wins (ties: higher summed score). A name is ``known`` when it holds at least half of the total
+    weight, else ``uncertain``. Confidence is the winner's share of the weight. While the votes weigh less than
+    ``min_weight`` in all (none included), no verdict: ``uncertain`` (pending) with the leading label. No
+    decisive vote: ``unknown`` and ``uncertain``; no votes (and ``min_weight`` 0): ``unknown``.
     """
-    tally: dict[str, tuple[int, float]] = {}
+    tally: dict[str, tuple[float, float]] = {}
     for v in votes:
         label = v.name if v.status == "known" else "unknown" if v.status == "unknown" else None
         if label is not None:
-            n, s = tally.get(label, (0, 0.0))
-            tally[label] = (n + 1, s + v.score)
+            w, s = tally.get(label, (0.0, 0.0))
+            tally[label] = (w + v.weight, s + v.score)
+    total = sum(v.weight for v in votes)
+    pending = total < min_weight - 1e-9  # float sums: 0.3 + 0.3 + 0.3 + 0.1 reaches 1
     if not tally:
-        return "unknown", "uncertain" if votes else "unknown", 0.0
+        return "unknown", "uncertain" if votes or pending else "unknown", 0.0
     winner = max(tally, key=lambda k: (tally[k][0], tally[k][1]))
-    share = tally[winner][0] / len(votes)
+    share = round(tally[winner][0] / total, 3) if total > 0 else 0.0
+    if pending:
+        return winner, "uncertain", share
     if winner == "unknown":
-        return "unknown", "unknown", round(share, 3)
-    return winner, "known" if share >= 0.5 else "uncertain", round(share, 3)
+        return "unknown", "unknown", share
+    return winner, "known" if share >= 0.5 else "uncertain", share
 
 
 def vote_similarity(votes: list[Vote], identity: str) -> float | None:
@@ -189,9 +209,29 @@ class Track:
         """Where the box should be at the next detector run (constant velocity, through up to 4 misses)."""
         return self.box[:4] + self.velocity * min(self.misses + 1, MAX_PREDICT_RUNS)
 
-    def want_vote(self, max_votes: int) -> bool:
-        """Whether a new recognizer result for this track would still count."""
-        return len(self.votes) < max_votes
+    def want_vote(self, max_votes: int, weight: float = 1.0) -> bool:
+        """Whether a new recognizer result of ``weight`` for this track would count: fewer than ``max_votes`` votes
+        are kept, or it outweighs the weakest one kept (which it replaces, see ``keep_vote``)."""
+        if len(self.votes) < max_votes:
+            return True
+        return bool(self.votes) and weight > min(v.weight for v in self.votes)
+
+    def keep_vote(self, v: Vote, max_votes: int | None, embedding: np.ndarray | None = None) -> None:
+        """Add a vote (and its crop's embedding); with ``max_votes`` kept already, it replaces the weakest kept
+        vote if it outweighs it (the closest, sharpest frames decide, not the first ones), else it is dropped."""
+        if max_votes is None or len(self.votes) < max_votes:
+            self.votes.append(v)
+            if embedding is not None:
+                self.embeddings.append(embedding)
+            return
+        if not self.want_vote(max_votes, v.weight):
+            return
+        j = min(range(len(self.votes)), key=lambda i: self.votes[i].weight)
+        self.votes[j] = v
+        if embedding is not None and len(self.embeddings) == len(self.votes):  # kept side by side with the votes
+            self.embeddings[j] = embedding
+        elif embedding is not None:
+            self.embeddings.append(embedding)
 
 
 class VisitorHook(Protocol):
@@ -204,8 +244,14 @@ class VisitorHook(Protocol):
 class Tracker:
     """IoU tracker owning the event lifecycle (see the module docstring)."""
 
-    def __init__(self, cfg: TrackerConfig, snapshot: SnapshotConfig, camera: str, run_id: str | None = None) -> None:
+    def __init__(self, cfg: TrackerConfig, snapshot: SnapshotConfig, camera: str, run_id: str | None = None,
+                 recognizing: bool = False, max_votes: int | None = None) -> None:
+        """``recognizing``: a recognizer votes on the crops (a track is ``uncertain``, pending, until its votes weigh
+        ``cfg.vote_min_weight``; without one every track is ``unknown`` at once); ``max_votes``: votes kept per
+        track (None: all)."""
         self.cfg, self.snapshot_cfg, self.camera = cfg, snapshot, camera
+        self.recognizing, self.max_votes = recognizing, max_votes
+        self.min_weight = cfg.vote_min_weight if recognizing else 0.0
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.tracks: list[Track] = []
         self._next = 0
@@ -275,10 +321,10 @@ class Tracker:
         t.last_frame, t.last_ts, t.max_score = frame.index, frame.timestamp, max(t.max_score, float(ob.box[4]))
         self._offer_best(t, frame, ob)
         if ob.vote is not None:
-            t.votes.append(ob.vote)
-        if ob.embedding is not None:
+            t.keep_vote(ob.vote, self.max_votes, ob.embedding)
+        elif ob.embedding is not None:
             t.embeddings.append(ob.embedding)
-        previous, t.identity = t.identity, vote(t.votes)
+        previous, t.identity = t.identity, vote(t.votes, self.min_weight)
         if not t.confirmed:
             if t.hits < self.cfg.min_hits or t.confident_hits < self.cfg.confirm_hits:
                 return []
@@ -335,7 +381,8 @@ class Tracker:
                        "identity": confidence, "similarity": vote_similarity(t.votes, name)},
             "box": _box(t.box), "start": t.first_ts, "end": t.last_ts if kind == "end" else None,
             "timestamp": frame.timestamp, "frame": frame.index,
-            "frames": {"first": t.first_frame, "last": t.last_frame, "hits": t.hits, "votes": len(t.votes)},
+            "frames": {"first": t.first_frame, "last": t.last_frame, "hits": t.hits, "votes": len(t.votes),
+                       "vote_weight": round(sum(v.weight for v in t.votes), 3)},
             "snapshot": dict(t.best) if t.best else None,
         }
         if self.visitors is not None:

@@ -33,17 +33,19 @@ def test_threshold_at_lets_at_most_the_target_share_of_impostors_through() -> No
     assert threshold_at(np.array([0.3, 0.3, 0.3]), 0.4) > 0.3  # ties: none may pass when one may
 
 
-def test_weighted_vote_names_nobody_until_a_good_crop_and_lets_good_crops_outvote_bad_ones() -> None:
-    from edgecam.track import Vote, vote
-    from training.recognizer.tracks import weighted_vote
+def test_runtime_rule_names_nobody_until_a_good_crop_where_the_rule_before_announced_a_stranger() -> None:
+    from edgecam.config import Config, RecognizerConfig
+    from edgecam.track import Vote
+    from training.recognizer.tracks import count_rule, runtime_rule
 
-    bad = [Vote("unknown", "unknown", 0.2)] * 3
-    good = [Vote("alice", "known", 0.7)] * 2
-    assert weighted_vote([], [])[1] == "uncertain" and vote([])[1] == "unknown"  # confirmed before any crop passed
-    assert weighted_vote(bad, [0.05] * 3)[1] == "uncertain"  # three blurred far crops: no verdict yet
-    assert vote(bad)[1] == "unknown"  # the runtime's count announces a stranger
-    assert weighted_vote(bad + good, [0.05] * 3 + [1.0] * 2)[:2] == ("alice", "known")
-    assert vote(bad + good)[0] == "unknown"
+    rule = runtime_rule(Config(recognizer=RecognizerConfig()))
+    bad = [Vote("unknown", "unknown", 0.2, weight=0.05)] * 3
+    good = [Vote("alice", "known", 0.7, weight=1.0)] * 2
+    assert rule([])[1] == "uncertain" and count_rule([])[1] == "unknown"  # confirmed before any crop passed
+    assert rule(bad)[1] == "uncertain"  # three blurred far crops: no verdict yet
+    assert count_rule(bad)[1] == "unknown"  # one vote per crop announces a stranger
+    assert rule(bad + good)[:2] == ("alice", "known")
+    assert count_rule(bad + good)[0] == "unknown"
 
 
 @pytest.mark.shared

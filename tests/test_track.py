@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from edgecam.track import (
     iou_matrix,
     vote,
     vote_similarity,
+    vote_weight,
 )
 
 IMG = np.zeros((240, 320, 3), np.uint8)
@@ -247,3 +250,188 @@ def test_tentative_tracks_are_not_stitched_by_distance() -> None:
     step(off, 3, [])
     step(off, 4, [box(130)])
     assert len(off.tracks) == 2
+
+
+# ---------------------------------------------------------------------------------------------- issue 11: votes
+
+
+def test_vote_weight_from_crop_quality() -> None:
+    assert Vote("a", "known", 0.9).weight == 1.0  # a vote counts 1 unless the pipeline says otherwise
+    assert vote_weight(quality(size=100, sharp=500)) == 1.0  # large and sharp: full weight, never more
+    assert vote_weight(quality(size=32, sharp=50)) == pytest.approx(0.25 * 0.5)  # (32/64)^2 x 50/100
+    assert vote_weight(quality(size=32, sharp=50), full_size_px=32, full_sharpness=25) == 1.0
+
+
+def test_vote_sums_weights_and_a_name_needs_half_of_them() -> None:
+    alice, nobody = Vote("alice", "known", 0.7, weight=1.0), Vote("unknown", "unknown", 0.2, weight=0.1)
+    assert vote([nobody] * 3 + [alice]) == ("alice", "known", 0.769)  # 3 far blurred crops lose to 1 good one
+    assert vote([nobody] * 3 + [Vote("alice", "known", 0.7)], min_weight=0.0)[1] == "known"
+    half = [Vote("alice", "known", 0.7, weight=0.5), Vote("bob", "known", 0.9, weight=0.3),
+            Vote("", "uncertain", 0.5, weight=0.2)]
+    assert vote(half) == ("alice", "known", 0.5)  # exactly half the weight
+    assert vote([*half[:2], Vote("", "uncertain", 0.5, weight=0.21)])[:2] == ("alice", "uncertain")
+    assert vote([Vote("b", "known", 0.9, weight=0.4), Vote("a", "known", 0.5, weight=0.6)])[0] == "a"  # not by count
+
+
+def test_votes_under_min_weight_are_pending_not_unknown() -> None:
+    light = [Vote("unknown", "unknown", 0.2, weight=0.3)] * 3
+    assert vote([], min_weight=1.0) == ("unknown", "uncertain", 0.0)  # nothing voted yet: pending
+    assert vote(light, min_weight=1.0) == ("unknown", "uncertain", 1.0)  # 0.9 in all: still pending
+    assert vote([*light, Vote("unknown", "unknown", 0.2, weight=0.1)], min_weight=1.0)[:2] == ("unknown", "unknown")
+    assert vote([Vote("alice", "known", 0.7, weight=0.5)], min_weight=1.0)[:2] == ("alice", "uncertain")
+    assert vote([]) == ("unknown", "unknown", 0.0)  # min_weight 0 (no recognizer): unknown at once
+
+
+def recognizing(**kw: object) -> Tracker:
+    return Tracker(TrackerConfig(**{"min_hits": 3, "max_age": 2, "update_interval_s": 100.0, **kw}),
+                   SnapshotConfig(), camera="cam", run_id="run", recognizing=True, max_votes=4)
+
+
+def test_enrolled_person_confirmed_before_a_good_crop_is_pending_then_named() -> None:
+    from edgecam.outputs import MqttEvents
+
+    t = recognizing()
+    far = Vote("unknown", "unknown", 0.3, weight=0.05)  # small blurred early crops: the stranger verdict
+    good = Vote("alice", "known", 0.8, weight=1.0)
+    events = []
+    for i, v in enumerate([None, None, far, far, good, good]):  # confirmed at frame 2, first good crop at 4
+        events += step(t, i, [box(10)], votes=[v])
+    events += [e.payload for e in t.flush(frame(6))]
+    said = [(e["type"], e["identity"], e["status"]) for e in events]
+    assert said == [("new", "unknown", "uncertain"), ("update", "alice", "known"), ("end", "alice", "known")]
+    assert events[0]["frames"]["votes"] == 1 and events[0]["frames"]["vote_weight"] == 0.05
+    ha = MqttEvents(None, 90, recognizer_runs=True)  # type: ignore[arg-type]
+    recognitions = [ha.recognition(e) for e in events]
+    assert [r["event_type"] if r else None for r in recognitions] == [None, "recognized", None]  # no "unknown face"
+
+
+def test_without_a_recognizer_a_track_is_unknown_from_its_first_event() -> None:
+    t = make()  # recognizing False: the daemon runs no recognizer
+    [new] = [e for i in range(3) for e in step(t, i, [box(10)])]
+    assert (new["identity"], new["status"]) == ("unknown", "unknown")
+    pending = recognizing()
+    [new] = [e for i in range(3) for e in step(pending, i, [box(10)])]
+    assert (new["identity"], new["status"], new["frames"]["votes"]) == ("unknown", "uncertain", 0)
+
+
+def test_a_stranger_is_unknown_once_the_votes_weigh_enough() -> None:
+    t = recognizing()
+    nobody = Vote("unknown", "unknown", 0.3, weight=0.3)
+    events = [e for i in range(5) for e in step(t, i, [box(10)], votes=[nobody])]
+    assert [(e["type"], e["status"]) for e in events] == [("new", "uncertain"), ("update", "unknown")]
+    assert events[1]["frames"]["vote_weight"] == pytest.approx(1.2)  # the 4th vote decided
+
+
+def test_a_pending_track_is_not_recorded_as_a_visitor(tmp_path: Path) -> None:
+    from edgecam.visitors import Visitors, VisitorStore
+
+    store = VisitorStore(tmp_path / "v.db", model_sha="m", dim=4, threshold=0.6, fsync=False)
+    t = recognizing()
+    t.visitors = Visitors(store, "cam", min_crops=2, max_votes=4)
+    light = Vote("unknown", "unknown", 0.3, weight=0.2)
+    emb = np.array([1, 0, 0, 0], np.float32)
+    for i in range(4):  # 4 votes (max_votes) in, 0.8 in all: pending, not a stranger
+        arr = box(10)[None]
+        [tr] = t.assign(arr, i, i * 0.1)
+        t.update(frame(i), [Observation(tr, arr[0], np.zeros((4, 2), np.float32), quality(), light, emb)])
+    assert t.tracks[0].identity[1] == "uncertain"
+    [end] = [e.payload for e in t.flush(frame(4))]
+    assert end["status"] == "uncertain" and end["visitor"] is None and store.visitors() == []
+    store.close()
+
+
+def test_want_vote_while_a_crop_outweighs_the_weakest_kept_vote() -> None:
+    t = recognizing()  # max_votes 4
+    weights = [0.2, 0.9, 0.1, 0.5]
+    for i, w in enumerate(weights):
+        assert t.tracks == [] or t.tracks[0].want_vote(4, 0.0)  # room left: any crop counts
+        step(t, i, [box(10)], votes=[Vote(f"p{i}", "known", 0.9, weight=w)])
+    tr = t.tracks[0]
+    assert not tr.want_vote(4, 0.1) and tr.want_vote(4, 0.11)  # must beat the weakest kept (0.1), not tie it
+    step(t, 4, [box(10)], votes=[Vote("alice", "known", 0.9, weight=1.0)])
+    assert [v.weight for v in tr.votes] == [0.2, 0.9, 1.0, 0.5]  # replaced the weakest, in its place
+    step(t, 5, [box(10)], votes=[Vote("late", "known", 0.9, weight=0.15)])  # asked anyway: too weak to count
+    assert [v.name for v in tr.votes] == ["p0", "p1", "alice", "p3"] and len(tr.votes) == 4
+    unbounded = make()  # no max_votes (a tracker driven without the pipeline): every vote is kept
+    for i in range(6):
+        step(unbounded, i, [box(10)], votes=[Vote("a", "known", 0.9, weight=0.1)])
+    assert len(unbounded.tracks[0].votes) == 6
+
+
+def test_a_replaced_vote_takes_its_embedding_along() -> None:
+    t = recognizing()
+    arr = box(10)[None]
+    for i, w in enumerate([0.5, 0.2, 0.6, 0.7, 0.9]):
+        [tr] = t.assign(arr, i, i * 0.1)
+        emb = np.full(4, float(i), np.float32)
+        t.update(frame(i), [Observation(tr, arr[0], np.zeros((4, 2), np.float32), quality(),
+                                        Vote("unknown", "unknown", 0.2, weight=w), emb)])
+    tr = t.tracks[0]
+    assert [v.weight for v in tr.votes] == [0.5, 0.9, 0.6, 0.7]
+    assert [float(e[0]) for e in tr.embeddings] == [0.0, 4.0, 2.0, 3.0]  # visitors get the best crops' embeddings
+
+
+class CentredFace:
+    """A detector that finds one square face of a given side at the frame centre, frontal landmarks."""
+
+    def __init__(self) -> None:
+        self.side = 30.0
+
+    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s, cx, cy = self.side, bgr.shape[1] / 2, bgr.shape[0] / 2
+        x, y = cx - s / 2, cy - s / 2
+        lms = [[x + 0.3 * s, y + 0.4 * s], [x + 0.7 * s, y + 0.4 * s], [x + 0.5 * s, y + 0.6 * s],
+               [x + 0.5 * s, y + 0.8 * s]]
+        return np.array([[x, y, x + s, y + s, 0.9]], np.float32), np.array([lms], np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+class CountingRecognizer:
+    input_size = (112, 112)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, crops: list[np.ndarray]) -> list[object]:
+        from types import SimpleNamespace
+
+        self.calls += len(crops)
+        return [SimpleNamespace(name="alice", status="known", score=0.9) for _ in crops]
+
+    def close(self) -> None:
+        pass
+
+
+def test_pipeline_weighs_votes_by_quality_and_keeps_recognizing_better_crops() -> None:
+    from edgecam.config import parse_config
+    from edgecam.pipeline import Pipeline
+
+    cfg = parse_config({"motion": {"enabled": False}, "tracker": {"vote_full_size_px": 80, "vote_full_sharpness": 50},
+                        "recognizer": {"type": "classifier", "model": ".", "max_votes": 3}})
+    det, rec = CentredFace(), CountingRecognizer()
+    p = Pipeline(cfg, det, rec, run_id="t")
+    img = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)  # sharp: only size matters
+    events = []
+    for i, side in enumerate([50, 40, 30, 30, 30, 45, 64, 80]):
+        det.side = side
+        events += [e.payload for e in p.process(Frame(i, i * 0.1, img))]
+        if i == 2:
+            [ob] = p.last_observations
+            assert ob.vote is not None and ob.quality is not None and ob.quality.sharpness > 50
+            assert ob.vote.weight == pytest.approx(min(1.0, ob.quality.size / 80) ** 2)  # the config's constants
+    [track] = p.tracker.tracks
+    assert rec.calls == 6  # 3 to fill max_votes, none for the 30 px repeats (a tie), 45, 64 and 80 px replace
+    assert [round(v.weight, 2) for v in track.votes] == [0.39, 0.64, 1.0]  # the weakest gave way each time
+    assert events[0]["status"] == "uncertain"  # the 50+40+30 px votes weigh 0.39+0.25+0.14: pending at new
+    assert (events[-1]["identity"], events[-1]["status"]) == ("alice", "known")
+
+
+def test_vote_min_weight_must_be_reachable_with_max_votes() -> None:
+    from edgecam.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="vote_min_weight"):
+        parse_config({"tracker": {"vote_min_weight": 5}, "recognizer": {"type": "classifier", "model": ".",
+                                                                        "max_votes": 4}})
+    assert parse_config({"tracker": {"vote_min_weight": 5}}).tracker.vote_min_weight == 5  # no recognizer: moot

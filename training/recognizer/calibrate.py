@@ -29,7 +29,8 @@ photo's face as ``edgecam enroll`` finds it, aligned on the detector's landmarks
    with up to 3, keeping one to probe, in galleries of ``celeba_gallery`` people); FPIR of the held-out strangers
    against calib galleries of 5 to 40 people.
 6. Tracks (``tracks.py``): pseudo-tracks of the enrolled eval people, the eval people not enrolled and held-out
-   strangers through the daemon's pipeline; the proposed quality-weighted vote on the same recognitions.
+   strangers through the daemon's pipeline (quality-weighted votes); the rule before (one vote per crop) on the
+   same recognitions.
 7. ``calibrate.json`` and ``fpir.png`` under ``out``; with ``update_model`` the thresholds go into the recognizer's
    ``model.json`` (``output.thresholds``, figures in ``metrics.calibration``) and its card
    (``calibrate_report.py``).

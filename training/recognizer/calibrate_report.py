@@ -90,7 +90,8 @@ def track_table(r: dict[str, Any]) -> str:
     names = {"student_before": "student, before calibration", "student": "student, calibrated",
              "teacher": "SFace teacher, own calibration"}
     for key, label in names.items():
-        for rule, rule_label in (("runtime", "runtime (edgecam.track.vote)"), ("proposed", "quality-weighted")):
+        for rule, rule_label in (("runtime", "runtime (edgecam.track.vote: quality-weighted)"),
+                                 ("count", "one vote per crop (the rule before)")):
             g = _get(t, key, rule)
             if not g:
                 continue
@@ -207,7 +208,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
                       "lfw_eval_verification": m["verification"]["lfw_acc"],
                       "celeba_verification": _get(m, "celeba_verification", "lfw_acc")}
     tracks = {name: {rule: {kind: {k: v for k, v in f.items() if k != "tracks"} for kind, f in per.items()}
-                     for rule, per in t.items() if rule in ("runtime", "proposed")}
+                     for rule, per in t.items() if rule in ("runtime", "count")}
               for name, t in r["tracks"].items() if isinstance(t, dict)}
     return {"command": r["command"], "detector_sha256": r["detector"]["sha256"], "targets": r["targets"],
             "held_out_at_thresholds": held, "threshold_free": free, "tracks": tracks, "data": r["data"],

@@ -17,13 +17,15 @@ defaults otherwise), and its events are scored per track:
   ``uncertain`` otherwise;
 - ``no_event``: the track was never confirmed (counted apart, in neither).
 
-``replay_votes`` re-scores the same detections and recognitions under another voting rule (``weighted_vote``,
-the quality-weighted rule proposed for ``edgecam.track``), mirroring the tracker's event rule; with the
-tracker's own rule it reproduces the pipeline's events, which ``run_tracks`` checks.
+``replay_votes`` re-scores the same detections and recognitions under another voting rule (``count_rule``: the
+tracker's rule before votes were quality-weighted, i.e. the first ``max_votes`` crops that pass the gate, one vote
+each, ``unknown`` before any), mirroring the tracker's event rule; with the tracker's own rule (``runtime_rule``)
+it reproduces the pipeline's events, which ``run_tracks`` checks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,13 +35,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edgecam.config import Config, MotionConfig, RecognizerConfig
+from edgecam.config import Config, MotionConfig, RecognizerConfig, TrackerConfig
 from edgecam.crops import Quality, QualityGate, align
 from edgecam.detect import FaceDetector
 from edgecam.pipeline import Pipeline
 from edgecam.recognize import EmbeddingRecognizer
 from edgecam.sources import Frame
-from edgecam.track import Vote, vote
+from edgecam.track import Vote, vote, vote_weight
 from training.recognizer.stills import central_index
 
 
@@ -47,7 +49,7 @@ from training.recognizer.stills import central_index
 class TrackConfig:
     """How pseudo-tracks are made."""
 
-    frames: int = 16  # frames per track (the daemon's recognizer.max_votes is 10: later frames may not vote)
+    frames: int = 16  # frames per track (the daemon keeps recognizer.max_votes = 10 votes: the weightiest)
     frames_per_photo: int = 4  # consecutive frames showing the same photo
     start_px: float = 28.0  # face box side in the first frame (the quality gate's default minimum is 24)
     end_px: float = 112.0  # ... in the last frame (at most the photo's own face size)
@@ -225,8 +227,9 @@ class Recorded:
 
 
 def record(frames: list[np.ndarray], det: RecordingDetector, rec: EmbeddingRecognizer, gate: QualityGate,
-           index: int) -> Recorded:
-    """Records of the central face of each frame, with a vote for every crop that passes the quality gate."""
+           index: int, tracker: TrackerConfig) -> Recorded:
+    """Records of the central face of each frame, with a vote (weighted as the pipeline weighs it) for every crop
+    that passes the quality gate."""
     out = Recorded(index)
     for bgr in frames:
         boxes, lms = det(bgr)
@@ -239,53 +242,34 @@ def record(frames: list[np.ndarray], det: RecordingDetector, rec: EmbeddingRecog
         r = FrameRecord(float(boxes[k][4]), q)
         if q.ok:
             ident = rec([crop])[0]
-            r.vote = Vote(ident.name, ident.status, ident.score)
+            r.vote = Vote(ident.name, ident.status, ident.score,
+                          vote_weight(q, tracker.vote_full_size_px, tracker.vote_full_sharpness))
         out.frames.append(r)
     return out
 
 
-VoteRule = Callable[[list[Vote], list[float]], tuple[str, str, float]]
+VoteRule = Callable[[list[Vote]], tuple[str, str, float]]
 
 
-def tracker_rule(votes: list[Vote], weights: list[float]) -> tuple[str, str, float]:
-    """``edgecam.track.vote`` (weights ignored): the runtime's rule."""
-    return vote(votes)
+def runtime_rule(cfg: Config) -> VoteRule:
+    """``edgecam.track.vote`` as the daemon's tracker calls it: weighted votes, pending until ``vote_min_weight``."""
+    return lambda votes: vote(votes, cfg.tracker.vote_min_weight)
 
 
-def quality_weight(q: Quality, full_px: float = 64.0, full_sharpness: float = 100.0) -> float:
-    """Weight of a vote from its crop's quality: face size and sharpness, each ramping to 1 at ``full_*``."""
-    return float(min(1.0, q.size / full_px) ** 2 * min(1.0, q.sharpness / full_sharpness))
-
-
-def weighted_vote(votes: list[Vote], weights: list[float], min_weight: float = 1.0) -> tuple[str, str, float]:
-    """Proposed rule: ``edgecam.track.vote`` with each vote counting its quality weight instead of 1, and no verdict
-    (status ``uncertain``, the leading candidate as the name) until the track's votes weigh ``min_weight`` (one
-    good crop) in all: a track confirmed before any crop passed the gate is pending, not ``unknown``."""
-    tally: dict[str, float] = {}
-    for v, w in zip(votes, weights, strict=True):
-        label = v.name if v.status == "known" else "unknown" if v.status == "unknown" else None
-        if label is not None:
-            tally[label] = tally.get(label, 0.0) + w
-    total = sum(weights)
-    winner = max(tally, key=lambda k: tally[k]) if tally else "unknown"
-    share = round(tally[winner] / total, 3) if tally and total > 0 else 0.0
-    if total < min_weight or not tally:
-        return winner, "uncertain", share
-    if winner == "unknown":
-        return "unknown", "unknown", share
-    return winner, "known" if share >= 0.5 else "uncertain", share
+def count_rule(votes: list[Vote]) -> tuple[str, str, float]:
+    """The tracker's rule before votes were weighted: every vote counts 1, a verdict from the first vote on."""
+    return vote([dataclasses.replace(v, weight=1.0) for v in votes])
 
 
 def replay_votes(rec: Recorded, cfg: Config, rule: VoteRule, best_votes: bool) -> list[dict[str, Any]]:
     """The events (type, identity, status) of one recorded track under a voting rule, by the tracker's event
     rule: ``new`` once confirmed, ``update`` when the voted (identity, status) changes, ``end`` at the end.
 
-    ``best_votes`` False: the runtime's budget (the first ``max_votes`` crops that pass the gate vote);
-    True: the best ``max_votes`` by quality weight (a better crop replaces the worst vote kept).
+    ``best_votes`` True: the runtime's budget (the weightiest ``max_votes`` votes: a crop that outweighs the weakest
+    vote kept replaces it); False: the first ``max_votes`` crops that pass the gate (the budget before).
     """
     t, max_votes = cfg.tracker, cfg.recognizer.max_votes if cfg.recognizer else 0
     votes: list[Vote] = []
-    weights: list[float] = []
     hits = confident = 0
     confirmed, identity = False, ("unknown", "unknown", 0.0)
     events: list[dict[str, Any]] = []
@@ -294,14 +278,11 @@ def replay_votes(rec: Recorded, cfg: Config, rule: VoteRule, best_votes: bool) -
             continue
         hits, confident = hits + 1, confident + (r.score >= t.confirm_score)
         if r.vote is not None:
-            w = quality_weight(r.quality)
             if len(votes) < max_votes:
                 votes.append(r.vote)
-                weights.append(w)
-            elif best_votes and w > min(weights):
-                j = int(np.argmin(weights))
-                votes[j], weights[j] = r.vote, w
-        previous, identity = identity, rule(votes, weights)
+            elif best_votes and r.vote.weight > min(v.weight for v in votes):
+                votes[int(np.argmin([v.weight for v in votes]))] = r.vote
+        previous, identity = identity, rule(votes)
         if not confirmed:
             if hits >= t.min_hits and confident >= t.confirm_hits:
                 confirmed = True
@@ -316,7 +297,8 @@ def replay_votes(rec: Recorded, cfg: Config, rule: VoteRule, best_votes: bool) -
 def run_tracks(specs: list[TrackSpec], det: FaceDetector, recs: dict[str, EmbeddingRecognizer],
                cfg: TrackConfig, subsets: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """Every spec through the pipeline with each recognizer (``subsets``: the spec indices a recognizer runs on,
-    default all), and the same detections and recognitions under the proposed rule. Returns the figures."""
+    default all), and the same detections and recognitions under the rule before (``count_rule``). Returns the
+    figures."""
     dcfg, gate = daemon_config(), QualityGate.from_config(daemon_config().crops)
     rdet = RecordingDetector(det)
     result: dict[str, Any] = {}
@@ -324,17 +306,17 @@ def run_tracks(specs: list[TrackSpec], det: FaceDetector, recs: dict[str, Embedd
     for name, rec in recs.items():
         idx = (subsets or {}).get(name, list(range(len(specs))))
         cached = CachedRecognizer(rec, caches.setdefault(str(rec.manifest.data["sha256"]), {}))
-        verdicts: dict[str, dict[str, list[str]]] = {"runtime": {}, "proposed": {}, "replayed": {}}
+        verdicts: dict[str, dict[str, list[str]]] = {"runtime": {}, "count": {}, "replayed": {}}
         agree = 0
         for i in tqdm(idx, desc=f"tracks {name}", mininterval=5):
             s = specs[i]
             frames = make_frames(s, cfg)
             events, last_id = run_pipeline(frames, rdet, cached, dcfg, cfg.fps)
-            recd = record(frames, rdet, cached, gate, i)
-            same = replay_votes(recd, dcfg, tracker_rule, best_votes=False)
-            prop = replay_votes(recd, dcfg, weighted_vote, best_votes=True)
+            recd = record(frames, rdet, cached, gate, i, dcfg.tracker)
+            same = replay_votes(recd, dcfg, runtime_rule(dcfg), best_votes=True)
+            before = replay_votes(recd, dcfg, count_rule, best_votes=False)
             agree += sequence(events) == sequence(same)
-            for key, evs, last in (("runtime", events, last_id), ("proposed", prop, None), ("replayed", same, None)):
+            for key, evs, last in (("runtime", events, last_id), ("count", before, None), ("replayed", same, None)):
                 verdicts[key].setdefault(s.kind, []).append(outcome(evs, s.person, s.enrolled, last))
         result[name] = {rule: {kind: rates(v, kind == "genuine") for kind, v in per.items()}
                         for rule, per in verdicts.items() if rule != "replayed"}
