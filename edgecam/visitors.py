@@ -39,7 +39,7 @@ from edgecam import EdgecamError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.625
+DEFAULT_THRESHOLD = 0.65
 """Visit-to-visitor similarity when neither the config (``visitors.threshold``) nor the recognizer's
 ``output.thresholds.visitor`` sets one: the lowest threshold at which at most 0.5 % of the visitors held two people
 or more on the calibration people (LFW calib, CelebA train identities, the calibration half of lfw_few), measured
