@@ -167,5 +167,14 @@ def test_orl_classifier_names_orl_people_and_not_grace(det: object) -> None:
             total += 1
             right += rec([align(img, lms[0], rec.input_size)])[0].name == person
     assert total >= 8 and right >= total - 2
-    faces = identify_image(det, rec, grace())  # type: ignore[arg-type]
-    assert [f["name"] for f in faces] == ["unknown"]
+    # strangers to ORL: the threshold lets 5 % of LFW calib faces through (on m3's crops; 10 % here on the
+    # shipped detector's); one stranger is a coin toss, so 40 LFW people's first photos must stay mostly unknown
+    named = tried = 0
+    for p in sorted((SHARED / "lfw").iterdir())[::6][:40]:
+        img = cv2.imread(str(sorted(p.iterdir())[0]))
+        boxes, lms = det(img)  # type: ignore[operator]
+        if len(boxes):
+            k = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+            tried += 1
+            named += rec([align(img, lms[k], rec.input_size)])[0].status == "known"
+    assert tried >= 35 and named <= 0.15 * tried, (named, tried)

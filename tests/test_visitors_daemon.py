@@ -90,12 +90,15 @@ def test_daemon_visitors_over_mqtt_name_forget_restart(tmp_path: Path, broker: A
     app.start()
     try:
         # two people walk through: two new visitors; the next loop they are seen again
-        assert col.wait_for(lambda ms: sum(m.topic == f"{BASE}/visitor" for m in ms) >= 4, 60)
-        said = messages(col, f"{BASE}/visitor")
-        assert [(m["event_type"], m["visitor"]) for m in said[:2]] == [("new_visitor", "visitor-1"),
-                                                                       ("new_visitor", "visitor-2")]
+        def seen(ms: list[Any], what: bytes = b"") -> int:
+            return sum(m.topic == f"{BASE}/visitor" and what in m.payload for m in ms)
+
+        assert col.wait_for(lambda ms: seen(ms) >= 4 and seen(ms, b'"new_visitor"') >= 2, 60)
+        said = messages(col, f"{BASE}/visitor")  # a loaded machine drops frames: a person may come back early
+        news = [m for m in said if m["event_type"] == "new_visitor"]
+        assert [m["visitor"] for m in news[:2]] == ["visitor-1", "visitor-2"]
         assert said[0]["message"] == "new visitor visitor-1" and said[0]["cameras"] == [CAM]
-        again = [m for m in said[2:] if m["visitor"] == "visitor-1"][0]
+        again = [m for m in said if m["visitor"] == "visitor-1" and m is not said[0]][0]
         assert again["event_type"] == "visitor_again" and again["message"] == "visitor-1 again (2nd time)"
         image = col.on(f"{BASE}/visitor/image")[-1]
         assert image.payload[:3] == b"\xff\xd8\xff"
