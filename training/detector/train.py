@@ -1,4 +1,5 @@
-"""Train the face detector from scratch (random init) on the WebFaces train split.
+"""Train the face detector: from random init on the WebFaces train split (m3), or, with ``--init`` weights and
+``--extra`` labelled folders, on faces of every kind (the shipped wild/wild2 runs).
 
     python -m training.detector.train --config training/detector/configs/wild.yaml   # the shipped model
 
