@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgecam import EdgecamError
+from edgecam.statedb import open_state_db
 
 logger = logging.getLogger(__name__)
 
@@ -192,31 +193,20 @@ class VisitorStore:
 
     @staticmethod
     def _open(path: Path, fsync: bool, timeout: float = 10.0) -> sqlite3.Connection:
-        """Open (or create) the database like the outbox does: WAL, sync level, busy timeout, retried when another
-        process is creating the same file; deleted content is overwritten and freed pages given back."""
-        deadline = time.monotonic() + timeout
-        while True:
-            db = None
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new file
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-                db.execute("PRAGMA secure_delete=ON")
-                db.execute("PRAGMA foreign_keys=ON")
-                db.executescript(_SCHEMA)
-                db.execute("SELECT id, first_seen, last_seen, visits, cameras, crop, crop_value, bytes "
-                           "FROM visitors LIMIT 0")
-                db.execute("SELECT seq, visitor, vector, created FROM embeddings LIMIT 0")
-                return db
-            except (sqlite3.Error, OSError) as exc:
-                if db is not None:
-                    db.close()
-                locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-                if not locked or time.monotonic() > deadline:
-                    raise VisitorError(f"{path}: cannot open the visitor store: {exc}") from exc
-                time.sleep(0.05)
+        """Open (or create) the database like the outbox does (``statedb.open_state_db``); deleted content is
+        overwritten and freed pages given back."""
+        def setup(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA secure_delete=ON")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT id, first_seen, last_seen, visits, cameras, crop, crop_value, bytes "
+                       "FROM visitors LIMIT 0")
+            db.execute("SELECT seq, visitor, vector, created FROM embeddings LIMIT 0")
+
+        try:  # auto_vacuum only takes effect on a new file, before the WAL switch
+            return open_state_db(path, fsync, setup, first=("PRAGMA auto_vacuum=INCREMENTAL",), timeout=timeout)
+        except (sqlite3.Error, OSError) as exc:
+            raise VisitorError(f"{path}: cannot open the visitor store: {exc}") from exc
 
     def _check_model(self, model_sha: str | None, dim: int | None) -> tuple[str | None, int | None]:
         """The model the store's embeddings belong to; recorded on first use, refused when another one."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecam import EdgecamError
+from edgecam.statedb import open_state_db
 
 logger = logging.getLogger(__name__)
 
@@ -84,30 +85,16 @@ class Outbox:
 
     @staticmethod
     def _open(path: Path, fsync: bool, timeout: float = 10.0) -> sqlite3.Connection:
-        """Open (or create) the database in WAL mode and check its schema.
+        """Open (or create) the database (``statedb.open_state_db``: WAL, retried while another process creates
+        it) and check its schema."""
+        def setup(db: sqlite3.Connection) -> None:
+            db.executescript(_SCHEMA)
+            db.execute("SELECT seq, camera, topic, payload, qos, created FROM outbox LIMIT 0")
 
-        Processes that create the same new database at once (cameras sharing a state directory) can get
-        'database is locked' from the WAL switch or the schema without SQLite's busy timeout applying: such
-        an open is retried until ``timeout``.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            db = None
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-                db.executescript(_SCHEMA)
-                db.execute("SELECT seq, camera, topic, payload, qos, created FROM outbox LIMIT 0")
-                return db
-            except (sqlite3.Error, OSError) as exc:
-                if db is not None:
-                    db.close()
-                locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-                if not locked or time.monotonic() > deadline:
-                    raise OutboxError(f"{path}: cannot open the outbox database: {exc}") from exc
-                time.sleep(0.05)
+        try:
+            return open_state_db(path, fsync, setup, timeout=timeout)
+        except (sqlite3.Error, OSError) as exc:
+            raise OutboxError(f"{path}: cannot open the outbox database: {exc}") from exc
 
     def put(self, topic: str, payload: bytes, qos: int, created: float, keep_after: int = 0) -> tuple[int, int]:
         """Append one message, dropping the oldest rows first when the camera's queue is full.
