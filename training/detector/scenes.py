@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path
 
 import cv2
@@ -109,7 +109,8 @@ def label_folder(folder: Path, max_side: int = 800, roll: float = 30.0, face_sco
     """{"max_side", "images": {name: labels}} for the images of ``folder`` (see module docstring)."""
     names = list_images(folder, limit)
     jobs = [(folder / n, max_side, roll, face_score, pad) for n in names]
-    with Pool(workers, _init, (yunet, ignore_score)) as pool:
+    # spawned, not forked: a fork after torch (or OpenCV) started its thread pools can hang the worker
+    with multiprocessing.get_context("spawn").Pool(workers, _init, (yunet, ignore_score)) as pool:
         labels = list(tqdm(pool.imap(_label, jobs, chunksize=8), total=len(jobs), desc=folder.name, mininterval=10))
     return {"folder": str(folder), "max_side": max_side, "roll": roll, "face_score": face_score, "pad": pad,
             "images": dict(zip(names, labels, strict=True))}
