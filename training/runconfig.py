@@ -26,6 +26,9 @@ def parse_run_config(cls: type[T], command: str, doc: str | None = None,
                      argv: list[str] | None = None) -> tuple[T, str]:
     """``cls`` from ``--config FILE`` (YAML) and ``--field value`` overrides; and the command that reproduces it.
 
+    A field whose default is itself a dataclass is a section: a mapping of the same name in the file, flags
+    ``--section.field``.
+
     Raises:
         SystemExit: an unknown key in the file or a bad value (argparse's usage error, exit 2).
     """
@@ -34,24 +37,31 @@ def parse_run_config(cls: type[T], command: str, doc: str | None = None,
     path = pre.parse_known_args(argv)[0].config
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="", help="run config YAML (default: none, the dataclass defaults)")
+    if path and not Path(path).is_file():
+        ap.error(f"--config {path}: no such file")
     given: dict[str, Any] = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(given) - set(fields))
-    if unknown:
-        ap.error(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
     defaults = cls()
-    for name in fields:
-        if name == "run_config":
-            continue
-        default = given.get(name, getattr(defaults, name))
-        kind = parse_bool if isinstance(default, bool) else type(default)
-        ap.add_argument(f"--{name}", type=kind, default=default, help=f"(default: {default})")
+    sections = {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if dataclasses.is_dataclass(getattr(defaults, f.name))}
+    levels = [("", cls, given, "")] + [(f"{n}.", c, given.get(n) or {}, f" in {n}") for n, c in sections.items()]
+    for prefix, kind_cls, values, where in levels:
+        names = {f.name for f in dataclasses.fields(kind_cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - names)
+        if unknown:
+            ap.error(f"{path}: unknown key(s) {', '.join(unknown)}{where} (known: {', '.join(sorted(names))})")
+        for name in sorted(names - {"run_config"} - (set(sections) if not prefix else set())):
+            default = values.get(name, getattr(kind_cls(), name))
+            kind = parse_bool if isinstance(default, bool) else type(default)
+            ap.add_argument(f"--{prefix}{name}", type=kind, default=default, help=f"(default: {default})")
     ns = vars(ap.parse_args(argv))
     config = ns.pop("config")
-    if "run_config" in fields:
-        ns["run_config"] = config
+    top = {k: v for k, v in ns.items() if "." not in k}
+    for n, c in sections.items():
+        top[n] = c(**{k[len(n) + 1:]: v for k, v in ns.items() if k.startswith(n + ".")})
+    if "run_config" in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+        top["run_config"] = config
     args = sys.argv[1:] if argv is None else argv
-    return cls(**ns), " ".join([command, *map(shlex.quote, args)])
+    return cls(**top), " ".join([command, *map(shlex.quote, args)])
 
 
 def parse_bool(text: str) -> bool:

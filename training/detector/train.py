@@ -14,7 +14,6 @@ resolved config. Overrides: ``--iters 4000``, ``--aug.mosaic_p 0.5`` (any ``Trai
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -26,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -35,6 +33,7 @@ from training.detector.data import Sample, empty_sample, load_negatives, load_sa
 from training.detector.model import create_model
 from training.detector.pseudo_label import write_pseudo_labels
 from training.detector.scenes import load_folder
+from training.runconfig import parse_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -156,30 +155,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """``TrainConfig`` from ``--config FILE`` (YAML) with ``--field value`` / ``--aug.field value`` overrides."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="", help="run config YAML (default: none, the dataclass defaults)")
-    path = ap.parse_known_args(argv)[0].config
-    file_cfg = yaml.safe_load(Path(path).read_text()) if path else {}
-    for prefix, cls in (("", TrainConfig), ("aug.", AugConfig)):
-        given = file_cfg.get("aug", {}) if prefix else file_cfg
-        for f in dataclasses.fields(cls):
-            if f.name == "aug":
-                continue
-            default = given.get(f.name, getattr(cls(), f.name))
-            kind = _parse_bool if isinstance(default, bool) else type(default)
-            ap.add_argument(f"--{prefix}{f.name}", type=kind, default=default, help=f"(default: {default})")
-    ns = vars(ap.parse_args(argv))
-    ns["run_config"] = ns.pop("config")
-    aug = AugConfig(**{k[4:]: v for k, v in ns.items() if k.startswith("aug.")})
-    return TrainConfig(**{k: v for k, v in ns.items() if not k.startswith("aug.")}, aug=aug)
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"'{text}' is not a boolean (true/false)")
+    return parse_run_config(TrainConfig, "python -m training.detector.train", __doc__, argv)[0]
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

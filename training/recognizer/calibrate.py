@@ -38,20 +38,16 @@ photo's face as ``edgecam enroll`` finds it, aligned on the detector's landmarks
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import logging
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from edgecam.detect import FaceDetector
 from edgecam.manifest import sha256_file
@@ -61,7 +57,7 @@ from training.recognizer.data import CropSet, celeba_split, lfw_people, split_pe
 from training.recognizer.openset import OpenSet, enroll, rate, threshold_at
 from training.recognizer.stills import Faces, cached_faces, embed
 from training.recognizer.tracks import TrackConfig, TrackSpec, run_tracks
-from training.runconfig import parse_bool
+from training.runconfig import parse_run_config
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -96,30 +92,6 @@ class CalibConfig:
     update_model: bool = True  # write the thresholds into the recognizer folder's model.json and card
     run_config: str = ""  # the run config file (set by --config)
     track: TrackConfig = dataclasses.field(default_factory=TrackConfig)
-
-
-def parse_config(argv: list[str] | None = None) -> tuple[CalibConfig, str]:
-    """``CalibConfig`` from ``--config FILE`` with ``--field value`` / ``--track.field value`` overrides (as
-    ``training.runconfig``, plus the nested ``track`` section); and the command line that reproduces it."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="", help="run config YAML (default: none, the dataclass defaults)")
-    path = ap.parse_known_args(argv)[0].config
-    given = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
-    for prefix, cls, values in (("", CalibConfig, given), ("track.", TrackConfig, given.get("track", {}))):
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(values) - names:
-            ap.error(f"{path}: unknown key(s) {', '.join(sorted(set(values) - names))} in {prefix or 'the top level'}")
-        for f in dataclasses.fields(cls):
-            if f.name in ("track", "run_config"):
-                continue
-            default = values.get(f.name, getattr(cls(), f.name))
-            kind = parse_bool if isinstance(default, bool) else type(default)
-            ap.add_argument(f"--{prefix}{f.name}", type=kind, default=default, help=f"(default: {default})")
-    ns = vars(ap.parse_args(argv))
-    track = TrackConfig(**{k[6:]: v for k, v in ns.items() if k.startswith("track.")})
-    cfg = CalibConfig(**{k: v for k, v in ns.items() if not k.startswith("track.") and k != "config"},
-                      run_config=ns["config"], track=track)
-    return cfg, " ".join([CMD, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -405,7 +377,7 @@ def tracks(data: Data, det: FaceDetector, recs: dict[str, EmbeddingRecognizer], 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from training.recognizer.calibrate_report import write_report
 
-    cfg, command = parse_config(argv)
+    cfg, command = parse_run_config(CalibConfig, CMD, __doc__, argv)
     t0 = time.time()
     out = REPO / cfg.out
     out.mkdir(parents=True, exist_ok=True)
