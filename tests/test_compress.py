@@ -230,3 +230,43 @@ def test_pack_unpack_round_trip_leaves_the_eval_people_out(tmp_path: Path) -> No
     views = np.load(dst / "views.npz")
     assert views["index"].tolist() == [1, 5] and not views["crops"][1].any()
     assert np.allclose(np.load(dst / "teacher.npy"), teacher, atol=1e-2)
+
+
+def test_student_from_onnx_rebuilds_the_exported_model(tmp_path: Path) -> None:
+    """A shipped recognizer file turns back into its PyTorch student: the architecture read from the graph
+    (low-rank 1x1 convs and head included), the same function in eval mode, BatchNorms trainable again."""
+    from training.compress.export import ort_session
+    from training.recognizer.ship import student_from_onnx
+
+    torch.manual_seed(0)
+    src = FaceMobileNet(NetConfig(stem=8, blocks=((16, 2), (24, 1), (32, 2)), stem_stride=2, input_size=32,
+                                  emb=16, head="lowrank", head_rank=2, pw_ranks=(0, 6, 0)))
+    with torch.no_grad():
+        for mod in src.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.running_mean.uniform_(-0.5, 0.5), mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.2, 1.5), mod.bias.uniform_(-0.3, 0.3)
+            elif isinstance(mod, torch.nn.PReLU):
+                mod.weight.uniform_(0.0, 0.5)
+    x = torch.randn(64, 3, 32, 32)
+    export_onnx(src.eval(), tmp_path / "m.onnx", x[:2], "input", "embedding")
+    model = student_from_onnx(tmp_path / "m.onnx", x)
+    assert model.cfg == src.cfg and model.training
+    with torch.no_grad():
+        want = ort_session(tmp_path / "m.onnx").run(None, {"input": x[:8].numpy()})[0]
+        got = model.eval()(x[:8]).numpy()
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_student_from_onnx_of_the_shipped_recognizer() -> None:
+    from training.compress.export import ort_session
+    from training.recognizer.ship import student_from_onnx
+
+    path = REPO / "edgecam/models/face_recognizer/face_recognizer.onnx"
+    x = torch.randn(16, 3, 112, 112) * 0.5
+    model = student_from_onnx(path, x).eval()
+    with torch.no_grad():
+        got = model(x[:4]).numpy()
+    want = ort_session(path).run(None, {"input": x[:4].numpy()})[0]
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.9999

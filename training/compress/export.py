@@ -93,3 +93,47 @@ def export_onnx(model: nn.Module, path: Path, example: torch.Tensor, input_name:
         raise ValueError(f"{path}: onnxruntime differs from PyTorch by {diff:.2e} (> {tol})")
     logger.info("exported %s (max |torch - ort| %.2e)", path, diff)
     return diff
+
+
+def onnx_weights(path: Path) -> tuple[onnx.GraphProto, dict[str, np.ndarray]]:
+    """An exported model's graph and its float32 initializers by name, with every int8 weight behind a
+    ``DequantizeLinear`` (per output channel, symmetric: what ``edgecam quantize --weights-only`` writes)
+    dequantized under the node's output name."""
+    g = onnx.load(str(path)).graph
+    arrays = {i.name: onnx.numpy_helper.to_array(i).astype(np.float32) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "DequantizeLinear":
+            q, sc = arrays[n.input[0]], arrays[n.input[1]]
+            arrays[n.output[0]] = q * sc.reshape(-1, *[1] * (q.ndim - 1))
+    return g, arrays
+
+
+@torch.no_grad()
+def unfold_bn(model: nn.Module, folded: dict[nn.modules.batchnorm._BatchNorm, np.ndarray], x: torch.Tensor) -> None:
+    """Give BatchNorms back to a model whose conv/linear weights came from an export with BN folded in.
+
+    ``folded`` maps each BatchNorm to the bias the export folded into the layer before it. Each BatchNorm is
+    first set to add exactly that bias in eval mode; then its running statistics are measured on ``x`` (a
+    training batch) and its affine parameters set to undo them, so that in training mode too (batch
+    statistics) the model computes nearly the exported function. Leaves the model in training mode.
+    """
+    stats: dict[nn.modules.batchnorm._BatchNorm, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def measure(bn: nn.modules.batchnorm._BatchNorm, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        dims = [d for d in range(inp[0].ndim) if d != 1]  # every axis but the channels
+        stats[bn] = (inp[0].mean(dims), inp[0].var(dims))
+
+    hooks = []
+    for bn, b in folded.items():
+        assert bn.running_mean is not None and bn.running_var is not None
+        bn.weight.fill_(1.0), bn.bias.copy_(torch.from_numpy(b)), bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+        hooks.append(bn.register_forward_hook(measure))
+    model.eval()(x)  # the exact exported function; the hooks see each BatchNorm's input statistics
+    for h in hooks:
+        h.remove()
+    for bn, (mu, var) in stats.items():
+        assert bn.running_mean is not None and bn.running_var is not None
+        bn.running_mean.copy_(mu), bn.running_var.copy_(var)
+        bn.bias.add_(mu), bn.weight.copy_((var + bn.eps).sqrt())
+    model.train()

@@ -159,7 +159,7 @@ def mosaic(samples: list[Sample], size: int, cfg: AugConfig, rng: np.random.Gene
 
 def photometric(img: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np.ndarray:
     """Brightness/contrast, gamma, blur, noise and JPEG artefacts on a grey uint8 crop."""
-    x = img.astype(np.float32)
+    x: np.ndarray = img.astype(np.float32)  # float32, float64 once noise is added
     x = (x - 128.0) * rng.uniform(0.5, 1.5) + 128.0 + rng.uniform(-40, 40)
     x = np.clip(x, 0, 255)
     if rng.random() < cfg.dark_p:
@@ -173,7 +173,8 @@ def photometric(img: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np
     out = np.clip(x, 0, 255).astype(np.uint8)
     if rng.random() < cfg.jpeg_p:
         ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 75))])
-        out = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE) if ok else out
+        dec = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE) if ok else None
+        out = out if dec is None else dec
     return out
 
 

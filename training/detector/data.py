@@ -20,6 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -86,21 +87,26 @@ def two_greys(bgr: np.ndarray) -> np.ndarray:
     return np.dstack([grey, ir])
 
 
+def read_bgr(path: Path) -> np.ndarray:
+    """The image at ``path`` as BGR uint8; FileNotFoundError naming it when OpenCV cannot read it."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"{path}: cannot read image")
+    return bgr
+
+
 def load_images(folder: Path, names: list[str], cache: Path | None = None) -> list[np.ndarray]:
     """Decode images as (H, W, 2) two-grey arrays, cached in one ``.npz`` when ``cache`` is given."""
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             if list(z["names"]) == names:
                 return [z[f"i{i}"] for i in range(len(names))]
-    images = []
-    for n in names:
-        bgr = cv2.imread(str(folder / n), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"{folder / n}: cannot read image")
-        images.append(two_greys(bgr))
+    images = [two_greys(read_bgr(folder / n)) for n in names]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, names=np.array(names), **{f"i{i}": im for i, im in enumerate(images)})
+        # Any, not np.ndarray: mypy checks a ** dict against savez's allow_pickle: bool too
+        arrays: dict[str, Any] = {f"i{i}": im for i, im in enumerate(images)}
+        np.savez(cache, names=np.array(names), **arrays)
     return images
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
+import cv2.data  # the stubs leave out this subpackage (the Haar cascade files)
 import numpy as np
 import onnx
 from onnx import shape_inference
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from edgecam.detect import FaceDetector
 from edgecam.manifest import sha256_file
-from training.detector.data import boxes_from_landmarks, iou, read_landmarks, read_split
+from training.detector.data import boxes_from_landmarks, iou, read_bgr, read_landmarks, read_split
 from training.detector.pseudo_label import YUNET, yunet_detect
 
 BASELINE_OPERATING = {"YuNet": 0.6, "Haar frontal": 0.0}  # thresholds in use (ours: model.json's)
@@ -96,7 +97,7 @@ def load_split(root: Path, split: str, limit: int = 0) -> tuple[list[np.ndarray]
     lms = read_landmarks(root)
     names = read_split(root, split)[: limit or None]
     gl = [lms.get(n, np.zeros((0, 4, 2), np.float32)) for n in names]
-    return [cv2.imread(str(root / "images" / n)) for n in names], [boxes_from_landmarks(g) for g in gl], gl
+    return [read_bgr(root / "images" / n) for n in names], [boxes_from_landmarks(g) for g in gl], gl
 
 
 def run_detector(det: Detect, images: list[np.ndarray], desc: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -141,7 +142,7 @@ def match(dets: list[np.ndarray], gts: list[np.ndarray], thr: float) -> tuple[np
         used = np.zeros(len(g), bool)
         m = iou(d[:, :4], g) if len(g) and len(d) else np.zeros((len(d), len(g)))
         for i in range(len(d)):
-            cand = np.where(~used & (m[i] >= thr))[0] if len(g) else []
+            cand = np.flatnonzero(~used & (m[i] >= thr))  # m is (len(d), 0) when there is no face
             tp = len(cand) > 0
             if tp:
                 used[cand[np.argmax(m[i, cand])]] = True
@@ -330,7 +331,7 @@ SMALL_HEIGHTS = (8, 10, 12, 14, 16, 20, 24, 32)  # face box heights (pixels) for
 
 
 def smallest_face(det: Detect, images: list[np.ndarray], gts: list[np.ndarray], op: float,
-                  calib: np.ndarray) -> dict[str, list]:
+                  calib: np.ndarray) -> dict[str, list | int]:
     """Recall (IoU >= 0.3, score >= ``op``) of single val faces shrunk to each of ``SMALL_HEIGHTS`` pixels.
 
     Each image with one labelled face is scaled so the face box is h pixels high and pasted at the centre of

@@ -49,7 +49,7 @@ def load_trained(ckpt_path: Path) -> tuple[nn.Module, dict[str, Any]]:
 def fold_bn(model: nn.Module) -> nn.Module:
     """Fold every ConvBnAct's BatchNorm into its conv (in place; eval mode)."""
     for mod in model.modules():
-        if isinstance(mod, ConvBnAct) and isinstance(mod[1], nn.BatchNorm2d):
+        if isinstance(mod, ConvBnAct) and isinstance(mod[0], nn.Conv2d) and isinstance(mod[1], nn.BatchNorm2d):
             mod[0] = fuse_conv_bn_eval(mod[0], mod[1])
             mod[1] = nn.Identity()
     return model

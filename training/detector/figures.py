@@ -6,7 +6,7 @@ what a detector missed or found instead of trusting a count.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -74,7 +74,7 @@ def contact_sheet(items: Sequence[tuple[np.ndarray, str]], path: Path, title: st
     return len(shown)
 
 
-def grouped_bars(categories: Sequence[str], series: dict[str, Sequence[float | None]], path: Path, title: str,
+def grouped_bars(categories: Sequence[str], series: Mapping[str, Sequence[float | None]], path: Path, title: str,
                  ylabel: str, ylim: tuple[float, float] | None = (0.0, 1.05)) -> None:
     """A bar chart with one group per category and one bar per series (None: no bar), values over the bars."""
     import matplotlib

@@ -84,6 +84,7 @@ class TinyFace(nn.Module):
         self.smooth = nn.ModuleList([SepBlock(neck, neck, 1, 3) for _ in widths[1:-1]])
         self.head_block = SepBlock(neck, neck, 1, 3)
         self.head = nn.Conv2d(neck, HEAD_CHANNELS, 1)
+        assert self.head.bias is not None  # Conv2d's bias is Optional; this one has bias=True
         nn.init.constant_(self.head.bias, 0.0)
         nn.init.constant_(self.head.bias[:1], -4.6)  # prior p = 0.01 for the heatmap
 

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgecam.detect import nms
-from training.detector.data import boxes_from_landmarks, iou, read_landmarks, read_split
+from training.detector.data import boxes_from_landmarks, iou, read_bgr, read_landmarks, read_split
 
 YUNET = "../shared/models/anchors/face_detection_yunet_2023mar_int8bq.onnx"
 
@@ -62,7 +62,7 @@ def pseudo_labels(root: Path, split: str = "train", yunet: str = YUNET, face_sco
     # 2. run the teacher at 1x and 2x, merge, keep what the labels miss
     out: dict[str, dict[str, list]] = {}
     for name in tqdm(read_split(root, split), desc="yunet pseudo-labels", mininterval=5):
-        bgr = cv2.imread(str(root / "images" / name))
+        bgr = read_bgr(root / "images" / name)
         dets = np.concatenate([yunet_detect(det, bgr, 1.0), yunet_detect(det, bgr, 2.0)])
         dets = dets[nms(dets[:, :4], dets[:, 12], 0.4)] if len(dets) else dets
         extra = unmatched(dets, boxes_from_landmarks(lms.get(name, np.zeros((0, 4, 2), np.float32))))

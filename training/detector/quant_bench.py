@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from training.compress.export import ort_session
-from training.detector.data import read_split
+from training.detector.data import read_bgr, read_split
 from training.detector.evaluate import average_precision, load_split, match, model_folder, ours
 from training.detector.export import SESSION_CONFIG
 from training.detector.train import INPUT_MEAN, INPUT_STD
@@ -41,7 +41,7 @@ class CalibReader:
     """onnxruntime calibration reader over grey train images."""
 
     def __init__(self, paths: list[Path]):
-        self.items = iter([{"input": grey_tensor(cv2.imread(str(p)))} for p in paths])
+        self.items = iter([{"input": grey_tensor(read_bgr(p))} for p in paths])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.items, None)

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from edgecam.crops import TEMPLATE_112
 from edgecam.detect import nms
 from edgecam.track import greedy_match
-from training.detector.data import boxes_from_landmarks, iou, read_landmarks, read_split
+from training.detector.data import boxes_from_landmarks, iou, read_bgr, read_landmarks, read_split
 from training.detector.evaluate import BASELINE_OPERATING, HEIGHT_BINS, Detect, haar, latency, ours, yunet
 from training.detector.figures import contact_sheet, crop
 from training.detector.pseudo_label import YUNET, yunet_detect
@@ -226,11 +226,12 @@ def large_faces(dets: dict[str, Detect], ref_det: cv2.FaceDetectorYN, args: argp
                 out: Path) -> dict[str, Any]:
     """Section 2: recall per face-height bin, and a contact sheet of the frames where we miss the face."""
     rng = np.random.default_rng(args.seed)
-    heights, found = [], {k: [] for k in DETECTORS}
+    heights: list[float] = []
+    found: dict[str, list[bool]] = {k: [] for k in DETECTORS}
     missed, skipped = [], 0
     for path in tqdm(lfw_eval_images(Path(args.lfw), args.lfw_people, args.lfw_per_person, args.seed),
                      desc="2 large faces", mininterval=5):
-        bgr = cv2.imread(str(path))
+        bgr = read_bgr(path)
         box = central_face(ref_det, bgr, args.ref_score)
         if box is None:
             skipped += 1
@@ -291,10 +292,11 @@ def webfaces(dets: dict[str, Detect], args: argparse.Namespace) -> tuple[dict[st
     names = [n for n in read_split(root, "val")[: args.val_limit or None] if n in lms]
     roll_set = set() if 3 in args.skip else set(names[: args.roll_limit])
     names = [n for n in names if n in roll_set] if 4 in args.skip else names
-    heights, upright = [], {k: [] for k in DETECTORS}
+    heights: list[float] = []
+    upright: dict[str, list[np.ndarray]] = {k: [] for k in DETECTORS}
     rolled: dict[int, dict[str, list]] = {a: {k: [] for k in DETECTORS} for a in args.angles}
     for i, name in enumerate(tqdm(names, desc="3-4 webfaces val", mininterval=5)):
-        bgr = cv2.imread(str(root / "images" / name))
+        bgr = read_bgr(root / "images" / name)
         for a in ([0, *(a for a in args.angles if a)] if name in roll_set else [0]):
             img, lm = rotate(bgr, lms[name], a if i % 2 == 0 else -a) if a else (bgr, lms[name])
             gt = boxes_from_landmarks(lm)

@@ -187,17 +187,19 @@ def train(cfg: TrainConfig) -> Path:
         path, _, w = item.rpartition(":")
         sources.append(load_folder(Path(path), Path(cfg.cache) if cfg.cache else None, cfg.extra_face_score))
         weights.append(float(w))
-    for src, w in zip(sources, weights, strict=True):
-        logger.info("source of weight %.2f: %d images, %d faces", w, len(src), sum(len(s.boxes) for s in src))
+    for src, weight in zip(sources, weights, strict=True):
+        logger.info("source of weight %.2f: %d images, %d faces", weight, len(src), sum(len(s.boxes) for s in src))
     logger.info("%d negatives", len(negatives))
     pool = SamplePool(sources, weights)
 
     # 3. model, EMA copy, optimiser
-    model = create_model(cfg.model).to(memory_format=torch.channels_last)  # ~1.7x faster on CPU
+    # ~1.7x faster on CPU; Module.to takes memory_format at runtime, its typed overloads omit it
+    model = create_model(cfg.model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     ema = create_model(cfg.model)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         (decay if p.ndim > 1 else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -257,37 +259,24 @@ def init_weights(model: torch.nn.Module, path: Path, x: torch.Tensor) -> None:
     if path.suffix == ".pt":
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["ema"])
         return
-    import onnx
-    from onnx import numpy_helper
+    from training.compress.export import onnx_weights, unfold_bn
 
-    g = onnx.load(str(path)).graph
-    arrays = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in g.initializer}
-    for n in g.node:  # int8 weights: DequantizeLinear(q, scale) per output channel
-        if n.op_type == "DequantizeLinear":
-            q, sc = arrays[n.input[0]], arrays[n.input[1]]
-            arrays[n.output[0]] = q * sc.reshape(-1, *[1] * (q.ndim - 1))
+    g, arrays = onnx_weights(path)
     weights = [(arrays[n.input[1]], arrays[n.input[2]]) for n in g.node if n.op_type == "Conv"]
     convs = _convs_in_run_order(model, x)
     if len(convs) != len(weights):
         raise ValueError(f"{path}: {len(weights)} convs, the model has {len(convs)} (another architecture?)")
-    stats = {}
+    folded = {}
     for (conv, bn), (w, b) in zip(convs, weights, strict=True):
         if tuple(conv.weight.shape) != w.shape:
             raise ValueError(f"{path}: conv weight {w.shape} where the model has {tuple(conv.weight.shape)}")
         conv.weight.copy_(torch.from_numpy(w))
         if bn is None:
+            assert conv.bias is not None  # a conv without BatchNorm has a bias
             conv.bias.copy_(torch.from_numpy(b))
         else:
-            bn.weight.fill_(1.0), bn.bias.copy_(torch.from_numpy(b)), bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
-            bn.register_forward_hook(lambda m, i, o: stats.__setitem__(m, (i[0].mean((0, 2, 3)),
-                                                                           i[0].var((0, 2, 3)))))
-    model.eval()(x)  # exact folded function; the hooks see each BatchNorm's input statistics
-    for bn, (mu, var) in stats.items():
-        bn._forward_hooks.clear()
-        std = (var + bn.eps).sqrt()
-        bn.running_mean.copy_(mu), bn.running_var.copy_(var), bn.bias.add_(mu), bn.weight.copy_(std)
-    model.train()
+            folded[bn] = b
+    unfold_bn(model, folded, x)
 
 
 def _convs_in_run_order(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.nn.Conv2d, Any]]:

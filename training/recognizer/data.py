@@ -34,9 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -233,11 +234,85 @@ def build_runtime_views(shared: Path, out: Path, clean: Path | None) -> None:
     print(f"{len(crops)} detector-aligned WebFaces views -> {out / 'views.npz'}")
 
 
+def pair_sources(shared: Path, staged: Path, utkface: int) -> Iterator[tuple[str, str, str, str, Path, Any]]:
+    """(source, person, split, path key, image, ground-truth landmarks or None) of every ``pairs`` photo.
+
+    WebFaces faces (ground truth, no identity), the LFW ``train`` and ``calib`` people (never ``eval``), the
+    CelebA ``train`` identities and the first ``utkface`` UTKFace photos (one person each) when staged.
+    """
+    from training.detector.data import read_landmarks
+
+    web = shared / "data/detection/webfaces"
+    for name, lms in sorted(read_landmarks(web).items()):
+        yield "webfaces", f"webfaces:{name}", "train", name, web / "images" / name, lms
+    people = lfw_people(shared / "data/identity/lfw")
+    splits = split_people(list(people))
+    for person, paths in people.items():
+        if splits[person] != "eval":
+            for p in paths:
+                yield "lfw", person, splits[person], f"{person}/{p.name}", p, None
+    ids = shared / "data/identity/celeba_first10k_identity.txt"
+    if (staged / "celeba").is_dir() and ids.exists():
+        who = {r[0]: r[1] for r in (line.split() for line in ids.read_text().splitlines()) if len(r) == 2}
+        for name, split in sorted(celeba_split(ids).items()):
+            if split == "train" and (staged / "celeba" / name).exists():
+                yield "celeba", f"celeba:{who[name]}", "train", name, staged / "celeba" / name, None
+    for p in sorted((staged / "utkface").glob("*.jpg"))[:utkface]:
+        yield "utkface", f"utkface:{p.name}", "train", p.name, p, None
+
+
+def build_pairs(shared: Path, staged: Path, out: Path, utkface: int, size: int = 112) -> None:
+    """Write ``crops.npy`` (the runtime crops: aligned on our detector's landmarks), ``clean.npy`` (the same
+    faces aligned on YuNet's or the ground truth's landmarks: the teacher's input) and ``meta.json``.
+
+    A face is kept when our detector finds it within 0.35 eye distances of the clean landmarks (on LFW,
+    CelebA and UTKFace: YuNet's face nearest the centre). Photos that are a face and little else (CelebA, UTKFace)
+    are padded by half their size first (mirrored), as a camera frame would show them. ``teacher`` then embeds
+    ``clean.npy``, so the student learns the clean crop's embedding from the crop the daemon will see.
+    """
+    from edgecam.detect import FaceDetector
+
+    det, yunet = FaceDetector(), yunet_landmarks(shared / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx")
+    crops, clean = [], []
+    meta: dict[str, list] = {"source": [], "person": [], "split": [], "path": []}
+    missed: dict[str, int] = {}
+    for source, person, split, key, path, truth in tqdm(list(pair_sources(shared, staged, utkface)), desc="pairs"):
+        bgr = cv2.imread(str(path))
+        if bgr is None:
+            continue
+        if source in ("celeba", "utkface"):
+            pad = max(bgr.shape[:2]) // 2
+            bgr = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+        refs = truth if truth is not None else [central_face(*yunet(bgr), bgr.shape)]
+        _, found = det(bgr)
+        for k, ref in enumerate(refs):
+            if ref is None or len(found) == 0:
+                missed[source] = missed.get(source, 0) + 1
+                continue
+            err = np.linalg.norm(found - ref[None], axis=2).mean(1)
+            j = int(np.argmin(err))
+            if err[j] >= 0.35 * float(np.linalg.norm(ref[1] - ref[0])):
+                missed[source] = missed.get(source, 0) + 1
+                continue
+            crops.append(align(bgr, found[j], size)[:, :, ::-1])
+            clean.append(align(bgr, ref, size)[:, :, ::-1])
+            _append(meta, source, person, split, f"{key}#{k}" if truth is not None else key)
+    meta["landmarks"] = ["detector"]
+    meta["missed"] = [missed]
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "crops.npy", np.stack(crops))
+    np.save(out / "clean.npy", np.stack(clean))
+    (out / "meta.json").write_text(json.dumps(meta))
+    counts = {s: meta["source"].count(s) for s in sorted(set(meta["source"]))}
+    print(f"{len(crops)} pairs -> {out} {counts}; no face or landmarks off: {missed}")
+
+
 def build_teacher(out: Path, threads: int, chunk: int = 512) -> None:
-    """Write ``teacher.npy`` (N, 2, 128): SFace embeddings of each crop and of its mirror (resumable)."""
+    """Write ``teacher.npy`` (N, 2, 128): SFace embeddings of each crop and of its mirror (resumable); of each
+    ``clean.npy`` crop where the folder has one (``pairs``)."""
     from training.recognizer.teacher import OnnxTeacher
 
-    crops = np.load(out / "crops.npy", mmap_mode="r")
+    crops = np.load(out / ("clean.npy" if (out / "clean.npy").exists() else "crops.npy"), mmap_mode="r")
     parts = out / "teacher_parts"
     parts.mkdir(exist_ok=True)
     teacher = OnnxTeacher(threads=threads)
@@ -308,7 +383,7 @@ def _batched(teacher: object, x: np.ndarray, batch: int = 16) -> np.ndarray:
 def parser() -> argparse.ArgumentParser:
     """The data steps' command line (``training.recognizer.chain`` builds these commands from its run config)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["crops", "teacher", "views", "pack", "unpack"])
+    ap.add_argument("step", choices=["crops", "pairs", "teacher", "views", "pack", "unpack"])
     ap.add_argument("--to", type=Path, default=None, help="pack/unpack: the packed file")
     ap.add_argument("--clean", type=Path, default=None,
                     help="views: a crop folder made with --landmarks yunet, for clean LFW targets (default: none)")
@@ -317,6 +392,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--landmarks", choices=["detector", "yunet"], default="detector",
                     help="landmark source for LFW (default: detector, the runtime path)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the teacher (default: 1)")
+    ap.add_argument("--staged", type=Path, default=REPO / "runs/data",
+                    help="pairs: the fetched sets (training.fetched; CelebA, UTKFace) (default: %(default)s)")
+    ap.add_argument("--utkface", type=int, default=12000, help="pairs: UTKFace photos used (default: %(default)s)")
     return ap
 
 
@@ -326,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.step == "crops":
         build_crops(args.shared, args.out, args.landmarks)
+    elif args.step == "pairs":
+        build_pairs(args.shared, args.staged, args.out, args.utkface)
     elif args.step == "views":
         build_runtime_views(args.shared, args.out, args.clean)
     elif args.step in ("pack", "unpack"):

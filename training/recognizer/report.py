@@ -4,8 +4,10 @@
 
 Rows: teacher (SFace, the int8bq file and its fp32 re-export), student trained on labels only, student + KD
 (from scratch), SFace-s2 + KD (teacher weights, stride-2 stem), + structured pruning, + low-rank, + more
-distillation on detector-aligned crops, + int8 static (int8 weights and activations, onnxruntime's integer
-kernels), + int8 weights (the shipped file: int8 weights folded to fp32 at load), and the option not shipped:
+distillation on detector-aligned crops (stages whose checkpoint is gone are skipped), the stop-9 shipped file
+(``runs/recognizer/stop9.onnx``, see ``configs/pairs.yaml``), + KD on 6x more people as the detector crops them
+(``pairs``), + int8 static (int8 weights and activations, onnxruntime's integer kernels), + int8 weights (the
+shipped file: int8 weights folded to fp32 at load), and the option not shipped:
 mirror fusion (the shipped float model embedding the crop and its mirror in one graph). Columns: parameters,
 MACs per crop, ONNX file size, zipped and Huffman-coded weight size, LFW 10-fold verification accuracy and
 open-set identification rate at 1 % FAR on the held-out eval people (protocol: ``evaluate``), and
@@ -33,7 +35,7 @@ from training.compress.size import sizes
 from training.recognizer.data import DEFAULT_OUT, CropSet
 from training.recognizer.evaluate import evaluate
 from training.recognizer.model import count_macs, count_params, sface
-from training.recognizer.ship import INPUT_SPEC, export_checkpoint, onnx_embedder
+from training.recognizer.ship import INPUT_SPEC, export_checkpoint, onnx_embedder, student_from_onnx
 from training.recognizer.teacher import SFACE_PATH, normalize_input, sface_teacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +55,7 @@ class Stage:
     onnx: Path | None = None
     spec: dict | None = None
     flip: bool = False  # export with the mirror fusion (``model.FlipFusion``)
+    rebuild: bool = False  # an ONNX student whose checkpoint is gone: params and MACs of ``ship.student_from_onnx``
 
 
 TEACHER_FP32 = Path("teacher_fp32")  # marker: re-export the PyTorch replica of SFace in fp32
@@ -74,6 +77,8 @@ STAGES = [
     Stage("+ pruning", ckpt=RUNS / "prune/ckpt.pt"),
     Stage("+ low-rank", ckpt=RUNS / "lowrank/ckpt.pt"),
     Stage("+ fine-tune on detector crops", ckpt=RUNS / "finetune/ckpt.pt"),
+    Stage("stop 9 shipped (int8 weights)", onnx=RUNS / "stop9.onnx", spec=INPUT_SPEC, rebuild=True),
+    Stage("+ KD on 6x more people as the detector crops them", ckpt=RUNS / "pairs_ft/ckpt.pt"),
     Stage("+ int8 static (weights + activations)", onnx=RUNS / "ship/int8_static/face_recognizer.onnx",
           spec=INPUT_SPEC),
     Stage("+ int8 weights (shipped)", onnx=MODEL_DIR / "face_recognizer.onnx", spec=INPUT_SPEC),
@@ -92,6 +97,9 @@ def stage_model(stage: Stage, data: CropSet, work: Path) -> tuple[Path, dict, di
             m = torch.load(final_checkpoint(), map_location="cpu", weights_only=False)["model"].eval()
             mirror = json.loads((MODEL_DIR / "model.json").read_text()).get("mirror_fusion", False)
             figures = {"params": count_params(m), "macs": count_macs(m, (3, 112, 112)) * (2 if mirror else 1)}
+        elif stage.rebuild:
+            m = student_from_onnx(stage.onnx, normalize_input(np.asarray(data.crops[:64])))
+            figures = {"params": count_params(m), "macs": count_macs(m, (3, 112, 112))}
         return stage.onnx, stage.spec or INPUT_SPEC, figures
     assert stage.ckpt is not None
     ckpt = final_checkpoint() if stage.ckpt == FINAL else stage.ckpt

@@ -29,14 +29,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import torch
 
 from edgecam.manifest import sha256_file, to_tensor
 from training.compress.distill import load_model
-from training.compress.export import export_onnx, ort_session
+from training.compress.export import export_onnx, onnx_weights, ort_session, unfold_bn
 from training.recognizer.data import DEFAULT_OUT, CropSet
 from training.recognizer.evaluate import calibrate, embed_all, people_of
-from training.recognizer.model import FlipFusion
+from training.recognizer.model import DwSepBlock, FaceMobileNet, FlipFusion, NetConfig
 from training.recognizer.teacher import normalize_input
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +60,54 @@ def onnx_embedder(path: Path, spec: dict, threads: int = 1) -> object:
             sess.run(None, {name: to_tensor(bgr, spec)})[0]
 
     return run
+
+
+@torch.no_grad()
+def student_from_onnx(path: Path, x: torch.Tensor) -> FaceMobileNet:
+    """The PyTorch student of a shipped recognizer file (``export_checkpoint``'s output, int8 weights or not):
+    the architecture read from the graph (widths, strides, low-rank 1x1 convs, low-rank head), the dequantized
+    weights, the folded BatchNorms given back (``unfold_bn`` on ``x``, normalised crops), in training mode.
+
+    How the next stage starts from a shipped model when its checkpoint is gone (``train finetune --from X.onnx``).
+    """
+    g, w = onnx_weights(path)
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    attr = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in convs]
+    # PReLU slopes by the conv output they act on (exported as a * x + (1 - a) * relu(x): ``prelu_as_mul_relu``)
+    slope = {n.input[0]: w[n.input[1]].reshape(-1) for n in g.node if n.op_type == "Mul" and n.input[1] in w}
+    groups = [[0]]  # stem, then per block: depthwise, one or two 1x1 convs; the last conv is the head's
+    for k, a in enumerate(attr[1:-1], start=1):
+        (groups.append([k]) if a["group"] > 1 else groups[-1].append(k))
+    blocks = tuple((int(w[convs[g_[-1]].input[1]].shape[0]), int(attr[g_[0]]["strides"][0])) for g_ in groups[1:])
+    ranks = tuple(int(w[convs[g_[1]].input[1]].shape[0]) if len(g_) == 3 else 0 for g_ in groups[1:])
+    head_w = w[convs[-1].input[1]]
+    stem_stride = int(attr[0]["strides"][0])
+    size = head_w.shape[-1] * stem_stride * int(np.prod([s for _, s in blocks]))  # the head spans the final map
+    gemm = next(n for n in g.node if n.op_type == "Gemm")
+    cfg = NetConfig(stem=int(w[convs[0].input[1]].shape[0]), blocks=blocks, stem_stride=stem_stride, input_size=size,
+                    emb=int(w[gemm.input[1]].shape[0]), head="lowrank", head_rank=head_w.shape[0] // blocks[-1][0],
+                    pw_ranks=ranks)
+    model = FaceMobileNet(cfg)
+    folded: dict[torch.nn.modules.batchnorm._BatchNorm, np.ndarray] = {}
+    seqs = [model.stem] + [m for b in model.blocks if isinstance(b, DwSepBlock) for m in (b.dw, b.pw)]
+    node_groups = [[0]] + [part for g_ in groups[1:] for part in ([g_[0]], g_[1:])]
+    for seq, ks in zip(seqs, node_groups, strict=True):
+        layers = [m for m in seq if isinstance(m, torch.nn.Conv2d)]
+        for conv, k in zip(layers, ks, strict=True):
+            conv.weight.copy_(torch.from_numpy(w[convs[k].input[1]]))
+        last = convs[ks[-1]]
+        folded[next(m for m in seq if isinstance(m, torch.nn.BatchNorm2d))] = w[last.input[2]]
+        next(m for m in seq if isinstance(m, torch.nn.PReLU)).weight.copy_(torch.from_numpy(slope[last.output[0]]))
+    bn = next(n for n in g.node if n.op_type == "BatchNormalization")
+    for name, value in zip(("weight", "bias", "running_mean", "running_var"), bn.input[1:], strict=True):
+        getattr(model.bn_feat, name).copy_(torch.from_numpy(w[value]))
+    head = next(m for m in model.head_spatial.modules() if isinstance(m, torch.nn.Conv2d))
+    head.weight.copy_(torch.from_numpy(head_w))
+    model.fc.weight.copy_(torch.from_numpy(w[gemm.input[1]]))
+    model.fc.bias.zero_()
+    folded[model.bn_emb] = w[gemm.input[2]]
+    unfold_bn(model, folded, x)
+    return model
 
 
 def export_checkpoint(ckpt: Path, onnx_path: Path, data: CropSet, flip: bool = False) -> float:

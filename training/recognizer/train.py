@@ -14,9 +14,13 @@ Stages (each resumable: rerun the same command, or raise ``--steps`` to continue
     python -m training.recognizer.train lowrank --from .../ckpt.pt --head-rank 2 --energy 0.9 --out ...
     # more distillation of a checkpoint, here on the faces as our detector aligns them (clean targets)
     python -m training.recognizer.train finetune --from .../ckpt.pt --p-view 0.5 --out ...
+    # ... or of the shipped file, on many more people as our detector aligns them (``data pairs``)
+    python -m training.recognizer.train finetune --from edgecam/models/face_recognizer/face_recognizer.onnx \
+        --data runs/recognizer/pairs --out runs/recognizer/pairs_ft
 
 Data: ``runs/recognizer/data`` from ``training.recognizer.data`` (crops + cached teacher embeddings). The
-training pool is every WebFaces face and the LFW ``train`` people; progress is measured on the ``calib``
+training pool is every crop of the ``train`` split (WebFaces, the LFW ``train`` people; CelebA ``train`` and
+UTKFace in a ``pairs`` folder); progress is measured on the ``calib``
 people (the ``eval`` people are only touched by ``training.recognizer.report``).
 """
 
@@ -41,6 +45,7 @@ from training.compress.prune import prune
 from training.recognizer.data import DEFAULT_OUT, CropSet
 from training.recognizer.evaluate import evaluate
 from training.recognizer.model import FaceMobileNet, count_macs, count_params, create_model
+from training.recognizer.ship import student_from_onnx
 from training.recognizer.teacher import normalize_input, sface_teacher
 
 logger = logging.getLogger(__name__)
@@ -166,8 +171,13 @@ def build(args: argparse.Namespace, data: CropSet) -> nn.Module:
         if args.init == "teacher":
             model.load_state_dict(sface_teacher().state_dict())
         return model
-    model = load_model(Path(args.from_ckpt))
+    src = Path(args.from_ckpt)
     example = normalize_input(np.asarray(data.crops[:1]))
+    if src.suffix == ".onnx":  # a shipped file whose checkpoint is gone: its student, rebuilt
+        model = student_from_onnx(src, normalize_input(np.asarray(data.crops[np.linspace(
+            0, len(data.crops) - 1, 256).astype(int)])))
+    else:
+        model = load_model(src)
     if args.stage == "prune":
         calib = [normalize_input(np.asarray(data.crops[i:i + 64])) for i in range(0, 512, 64)]
         keep_last = args.keep_last if args.keep_last is not None else args.keep
@@ -211,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--arch-kwargs", default="{}", help="JSON overrides of the architecture (default: {})")
     ap.add_argument("--init", choices=["scratch", "teacher"], default="scratch",
                     help="kd: random init or SFace's weights (same widths only) (default: scratch)")
-    ap.add_argument("--from", dest="from_ckpt", help="prune/lowrank: checkpoint to transform")
+    ap.add_argument("--from", dest="from_ckpt",
+                    help="prune/lowrank/finetune: checkpoint to start from (finetune: or a shipped .onnx)")
     ap.add_argument("--keep", type=float, default=0.5, help="prune: share of channels kept (default: 0.5)")
     ap.add_argument("--keep-last", type=float, default=None,
                     help="prune: share kept in the last two blocks (default: --keep)")
@@ -241,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. data: crops, cached teacher embeddings, the training pool
     data = CropSet.load(args.data)
-    pool = np.concatenate([data.indices("webfaces"), data.indices("lfw", "train")])
+    pool = data.indices(split="train")  # WebFaces, the LFW train people (and CelebA, UTKFace in ``pairs``)
     teacher = np.load(args.data / "teacher.npy")
     labels, classes = None, 0
     if args.stage == "labels":
