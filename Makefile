@@ -44,7 +44,7 @@ ARGS ?=
 recognizer: setup-train
 	$(BIN)/python -m training.recognizer.chain --config training/recognizer/configs/recognizer.yaml $(ARGS)
 
-# The shipped recognizer since stop 10: the stop-9 file (recognizer's chain) distilled on 6x more people as the shipped
+# The shipped recognizer since stop 10: the stop-9 file (recognizer's chain) distilled on 3x the faces as the shipped
 # detector crops them (training/recognizer/configs/pairs.yaml; ~1.5 h on 2 cores).
 RECOGNIZER_STOP9 := 5d4fedb
 recognizer-pairs: setup-train
