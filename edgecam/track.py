@@ -250,7 +250,7 @@ class Tracker:
         ``cfg.vote_min_weight``; without one every track is ``unknown`` at once); ``max_votes``: votes kept per
         track (None: all)."""
         self.cfg, self.snapshot_cfg, self.camera = cfg, snapshot, camera
-        self.recognizing, self.max_votes = recognizing, max_votes
+        self.max_votes = max_votes
         self.min_weight = cfg.vote_min_weight if recognizing else 0.0
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.tracks: list[Track] = []

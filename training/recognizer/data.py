@@ -188,6 +188,16 @@ def _append(meta: dict[str, list], source: str, person: str, split: str, path: s
     meta["path"].append(path)
 
 
+def same_face(found: np.ndarray, ref: np.ndarray, tolerance: float = 0.35) -> np.ndarray | None:
+    """The landmarks (4, 2) among ``found`` (N, 4, 2) nearest ``ref`` (mean point distance), when within
+    ``tolerance`` eye distances of it: our detector's view of that face; None when it has none."""
+    if len(found) == 0:
+        return None
+    err = np.linalg.norm(found - ref[None], axis=2).mean(1)
+    j = int(np.argmin(err))
+    return found[j] if err[j] < tolerance * float(np.linalg.norm(ref[1] - ref[0])) else None
+
+
 def build_runtime_views(shared: Path, out: Path, clean: Path | None) -> None:
     """Write ``views.npz``: the training faces as our detector aligns them, with clean teacher targets.
 
@@ -222,13 +232,9 @@ def build_runtime_views(shared: Path, out: Path, clean: Path | None) -> None:
             continue
         _, found = det(bgr)
         for k, lm in enumerate(lms):
-            if len(found) == 0 or f"{name}#{k}" not in index_of:
-                continue
-            iod = float(np.linalg.norm(lm[1] - lm[0]))
-            err = np.linalg.norm(found - lm[None], axis=2).mean(1)
-            j = int(np.argmin(err))
-            if err[j] < 0.35 * iod:
-                crops.append(align(bgr, found[j], 112)[:, :, ::-1])
+            view = same_face(found, lm)
+            if view is not None and f"{name}#{k}" in index_of:
+                crops.append(align(bgr, view, 112)[:, :, ::-1])
                 index.append(index_of[f"{name}#{k}"])
     np.savez(out / "views.npz", crops=np.stack(crops), index=np.array(index), targets=targets)
     print(f"{len(crops)} detector-aligned WebFaces views -> {out / 'views.npz'}")
@@ -286,15 +292,11 @@ def build_pairs(shared: Path, staged: Path, out: Path, utkface: int, size: int =
         refs = truth if truth is not None else [central_face(*yunet(bgr), bgr.shape)]
         _, found = det(bgr)
         for k, ref in enumerate(refs):
-            if ref is None or len(found) == 0:
+            view = None if ref is None else same_face(found, ref)
+            if view is None:
                 missed[source] = missed.get(source, 0) + 1
                 continue
-            err = np.linalg.norm(found - ref[None], axis=2).mean(1)
-            j = int(np.argmin(err))
-            if err[j] >= 0.35 * float(np.linalg.norm(ref[1] - ref[0])):
-                missed[source] = missed.get(source, 0) + 1
-                continue
-            crops.append(align(bgr, found[j], size)[:, :, ::-1])
+            crops.append(align(bgr, view, size)[:, :, ::-1])
             clean.append(align(bgr, ref, size)[:, :, ::-1])
             _append(meta, source, person, split, f"{key}#{k}" if truth is not None else key)
     meta["landmarks"] = ["detector"]
