@@ -33,6 +33,27 @@ def test_threshold_at_lets_at_most_the_target_share_of_impostors_through() -> No
     assert threshold_at(np.array([0.3, 0.3, 0.3]), 0.4) > 0.3  # ties: none may pass when one may
 
 
+def test_each_calibration_population_is_held_to_the_target_by_the_higher_threshold() -> None:
+    from training.recognizer.calibrate import CalibConfig, population_thresholds
+    from training.recognizer.openset import OpenSet, rate
+
+    rng = np.random.default_rng(1)
+    empty = np.zeros(0)
+
+    def impostors(name: str, scores: np.ndarray) -> OpenSet:
+        return OpenSet(40, empty, empty, empty, {name: scores})
+
+    web, low_res = rng.normal(0.2, 0.1, 2000), rng.normal(0.3, 0.1, 500)  # low-resolution strangers score higher
+    sets = {"calib": impostors("strangers_calib", web)}
+    alone = population_thresholds(sets, CalibConfig())
+    assert set(alone) == {"lfw_few"} and rate(low_res, alone["lfw_few"]["known"]) > 0.03  # web-only misses them
+    sets["celeba_calib"] = {"celeba": impostors("celeba_people", low_res)}
+    pops = population_thresholds(sets, CalibConfig())
+    assert pops["lfw_few"] == alone["lfw_few"] and pops["celeba"]["impostor_probes"] == 500
+    known = max(p["known"] for p in pops.values())
+    assert known == pops["celeba"]["known"] and rate(low_res, known) <= 0.01 and rate(web, known) <= 0.01
+
+
 def test_runtime_rule_names_nobody_until_a_good_crop_where_the_rule_before_announced_a_stranger() -> None:
     from edgecam.config import Config, RecognizerConfig
     from edgecam.track import Vote
@@ -59,7 +80,8 @@ def test_calibrate_tiny_subset_writes_thresholds_the_runtime_uses(tmp_path: Path
     shipped = json.loads((model / "model.json").read_text())["output"]["thresholds"]
     r = main(["--config", str(REPO / "training/recognizer/configs/calibrate.yaml"), "--recognizer", str(model),
               "--out", str(tmp_path / "out"), "--cache", "false", "--lfw_people", "20", "--lfw_photos", "6",
-              "--strangers", "300", "--teacher_strangers", "60", "--celeba_people", "0", "--track_repeats", "1",
+              "--strangers", "300", "--teacher_strangers", "60", "--celeba_people", "0", "--celeba_calib_people", "0",
+              "--track_repeats", "1",
               "--stranger_tracks", "4", "--teacher_tracks", "3", "--track.frames", "8"])
     saved = json.loads((tmp_path / "out/calibrate.json").read_text())
     assert saved["seconds"] == r["seconds"] and (tmp_path / "out/fpir.png").stat().st_size > 10_000

@@ -20,7 +20,9 @@ photo's face as ``edgecam enroll`` finds it, aligned on the detector's landmarks
    seeded photos of each stranger half.
 4. Calibration: gallery = every LFW calib person enrolled with 3 photos; impostors = the calibration half of the
    strangers. ``known`` = the smallest threshold that at most ``known_fpir`` of them reach, ``unknown`` = the one
-   ``unknown_fpir`` reach. The teacher gets its own thresholds the same way.
+   ``unknown_fpir`` reach. With ``celeba_calib_people``, CelebA eval identities not among the reported ones are a
+   second calibration population (in galleries of ``celeba_gallery`` as below): each threshold is the higher of
+   the two. The teacher gets its own thresholds the same way.
 5. Held-out figures (``openset.OpenSet``) at the thresholds before (``ship.py``'s, from the 40 calib people) and
    after: FPIR of the held-out strangers against the calib gallery and against the LFW eval gallery
    (``evaluate.gallery_split``: 50 eval people x 3 photos), FPIR of the 50 eval people not enrolled, DIR (named
@@ -81,6 +83,7 @@ class CalibConfig:
     teacher: bool = True  # SFace side by side
     teacher_strangers: int = 1000  # stranger photos per half the teacher embeds (0: all)
     celeba_people: int = 500  # CelebA eval identities used, of 1,000 (0: none)
+    celeba_calib_people: int = 0  # the other CelebA eval identities (after ``celeba_people``) that calibrate too
     celeba_gallery: int = 50  # people per CelebA gallery (the enrolled half is split into galleries this size)
     lfw_people: int = 0  # LFW eval and calib people used, each (0: all; tests use a few, at least 20)
     lfw_photos: int = 0  # photos per LFW person at most (0: all; tests only)
@@ -143,6 +146,7 @@ class Data:
     strangers: Faces
     stranger_half: np.ndarray  # (N,) 0 calibration half, 1 held-out half, per crop
     celeba: Faces | None
+    celeba_calib: Faces | None  # CelebA strangers that calibrate (low-resolution, in-the-wild): not reported on
 
 
 def load_data(cfg: CalibConfig, det: FaceDetector, size: tuple[int, int]) -> tuple[Data, dict[str, Any]]:
@@ -163,28 +167,36 @@ def load_data(cfg: CalibConfig, det: FaceDetector, size: tuple[int, int]) -> tup
     half = {n: int(i >= len(names) // 2) for i, n in enumerate(names)}
     strangers = cached_faces(det, [(n, f) for n in sorted(names) for f in strangers_all[n]], size, "lfw_few", cache)
     celeba = celeba_faces(cfg, det, size, cache)
+    celeba_calib = celeba_faces(cfg, det, size, cache, calib=True)
     counts = {"lfw": {"people": {s: len(v) for s, v in keep.items()}, "photos": len(items), "no_face": lfw.missed},
               "strangers": {"people": {"calibration": sum(h == 0 for h in half.values()),
                                        "held_out": sum(h == 1 for h in half.values())},
                             "photos": len(strangers) + strangers.missed, "no_face": strangers.missed},
               "celeba": None if celeba is None else {"people": len(set(celeba.person.tolist())),
-                                                     "photos": len(celeba) + celeba.missed, "no_face": celeba.missed}}
+                                                     "photos": len(celeba) + celeba.missed, "no_face": celeba.missed},
+              "celeba_calib": None if celeba_calib is None else {
+                  "people": len(set(celeba_calib.person.tolist())),
+                  "photos": len(celeba_calib) + celeba_calib.missed, "no_face": celeba_calib.missed}}
     data = Data(lfw, CropSet(lfw.crops, meta), strangers, np.array([half[p] for p in strangers.person.tolist()]),
-                celeba)
+                celeba, celeba_calib)
     return data, counts
 
 
-def celeba_faces(cfg: CalibConfig, det: FaceDetector, size: tuple[int, int], cache: Path | None) -> Faces | None:
-    """Crops of ``celeba_people`` seeded CelebA eval identities, or None when CelebA is not staged or not wanted."""
+def celeba_faces(cfg: CalibConfig, det: FaceDetector, size: tuple[int, int], cache: Path | None,
+                 calib: bool = False) -> Faces | None:
+    """Crops of ``celeba_people`` seeded CelebA eval identities (``calib``: of the next ``celeba_calib_people``),
+    or None when CelebA is not staged or not wanted."""
     folder, ids = REPO / cfg.celeba, REPO / cfg.shared / "data/identity/celeba_first10k_identity.txt"
-    if not cfg.celeba or not cfg.celeba_people or not folder.is_dir() or not ids.exists():
+    n, part = (cfg.celeba_calib_people, slice(cfg.celeba_people, cfg.celeba_people + cfg.celeba_calib_people)) \
+        if calib else (cfg.celeba_people, slice(0, cfg.celeba_people))
+    if not cfg.celeba or not n or not folder.is_dir() or not ids.exists():
         return None
     split = celeba_split(ids)
     who = {r.split()[0]: r.split()[1] for r in ids.read_text().splitlines() if r.split()[0] in split}
     held = sorted({who[f] for f, s in split.items() if s == "eval" and (folder / f).exists()}, key=int)
-    chosen = set(np.random.default_rng(cfg.seed).permutation(held)[:cfg.celeba_people].tolist())
+    chosen = set(np.random.default_rng(cfg.seed).permutation(held)[part].tolist())
     items = [(who[f], folder / f) for f in sorted(split) if who[f] in chosen and (folder / f).exists()]
-    return cached_faces(det, items, size, "celeba", cache)
+    return cached_faces(det, items, size, "celeba_calib" if calib else "celeba", cache)
 
 
 # --------------------------------------------------------------------------------------------- protocols
@@ -264,6 +276,8 @@ def score_model(rec: EmbeddingRecognizer, data: Data, stranger_idx: dict[int, np
     out["sizes"] = gallery_sizes(cal_gal, lfw_emb, strangers["strangers_heldout"], sha, dim, cfg.seed)
     if data.celeba is not None:
         out.update(celeba_sets(rec, data.celeba, sha, dim, cfg.celeba_gallery, desc))
+    if data.celeba_calib is not None:
+        out["celeba_calib"] = celeba_sets(rec, data.celeba_calib, sha, dim, cfg.celeba_gallery, f"{desc} calib")
     return out
 
 
@@ -299,10 +313,15 @@ def celeba_sets(rec: EmbeddingRecognizer, faces: Faces, sha: str, dim: int, per_
     return {"celeba": OpenSet.pooled(sets), "celeba_verification": ev.verification(emb, pairs)}
 
 
-def calibrate_thresholds(calib: OpenSet, cfg: CalibConfig) -> dict[str, float]:
-    """``known`` / ``unknown`` from the calibration strangers' best scores against the calib gallery."""
-    s = calib.impostors["strangers_calib"]
-    return {"known": threshold_at(s, cfg.known_fpir), "unknown": threshold_at(s, cfg.unknown_fpir)}
+def population_thresholds(sets: dict[str, Any], cfg: CalibConfig) -> dict[str, dict[str, float]]:
+    """``known`` / ``unknown`` per calibration population: the lfw_few strangers' best scores against the calib
+    gallery and, with CelebA calibration people, theirs against their own galleries (the shipped threshold is
+    the higher: web portraits and low-resolution in-the-wild photos both held to the target)."""
+    pops = {"lfw_few": sets["calib"].impostors["strangers_calib"]}
+    if "celeba_calib" in sets:
+        pops["celeba"] = sets["celeba_calib"]["celeba"].impostors["celeba_people"]
+    return {k: {"known": threshold_at(s, cfg.known_fpir), "unknown": threshold_at(s, cfg.unknown_fpir),
+                "impostor_probes": len(s)} for k, s in pops.items()}
 
 
 def figures(sets: dict[str, Any], thr: dict[str, float]) -> dict[str, Any]:
@@ -402,8 +421,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         idx = halves if name == "student" or not cfg.teacher_strangers else \
             {h: np.sort(rng.permutation(v)[:cfg.teacher_strangers]) for h, v in halves.items()}
         sets = score_model(rec, data, idx, cfg, name)
-        thr = calibrate_thresholds(sets["calib"], cfg)
-        m: dict[str, Any] = {"thresholds": thr, "after": figures(sets, thr), **fixed_figures(sets),
+        pops = population_thresholds(sets, cfg)
+        thr = {k: max(p[k] for p in pops.values()) for k in ("known", "unknown")}
+        m: dict[str, Any] = {"thresholds": thr, "thresholds_by_population": pops, "after": figures(sets, thr),
+                             **fixed_figures(sets),
                              "strangers_embedded": {"calibration": len(idx[0]), "held_out": len(idx[1])}}
         if name == "student":
             m["before"] = figures(sets, before)
