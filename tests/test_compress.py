@@ -270,3 +270,32 @@ def test_student_from_onnx_of_the_shipped_recognizer() -> None:
     want = ort_session(path).run(None, {"input": x[:4].numpy()})[0]
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() > 0.9999
+
+
+@pytest.mark.shared
+def test_teacher_reuses_an_earlier_folder_for_the_same_photos_only(tmp_path: Path) -> None:
+    import matplotlib.cbook as cbook
+
+    from training.recognizer.data import build_teacher
+    from training.recognizer.teacher import SFACE_PATH
+
+    if not SFACE_PATH.exists():
+        pytest.skip(f"{SFACE_PATH} absent (../shared not mounted)")
+    face = cv2.imread(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))[40:330, 90:420]
+    crops = np.stack([cv2.resize(np.roll(face, 12 * k, axis=1), (112, 112))[..., ::-1] for k in range(3)])
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder, rows in ((old, [0, 1]), (new, [1, 2, 0])):
+        folder.mkdir()
+        np.save(folder / "clean.npy", crops[rows])
+        (folder / "meta.json").write_text(json.dumps({"source": ["utkface"] * len(rows),
+                                                      "path": [f"{k}.jpg" for k in rows]}))
+    build_teacher(old, threads=1)
+    build_teacher(new, threads=1, reuse=old)
+    a, b = np.load(old / "teacher.npy"), np.load(new / "teacher.npy")
+    assert np.array_equal(b[[2, 0]], a)  # taken as they were
+    cos = (b[1] * b[0]).sum(-1) / np.linalg.norm(b[1], axis=-1) / np.linalg.norm(b[0], axis=-1)
+    assert cos.max() < 0.999 and np.linalg.norm(b[1], axis=-1).min() > 1  # the new photo: embedded here
+    np.save(old / "teacher.npy", a[::-1])  # another folder's embeddings under these names: refused
+    (new / "teacher.npy").unlink()
+    with pytest.raises(ValueError, match="not of this folder's clean crops"):
+        build_teacher(new, threads=1, reuse=old)

@@ -309,25 +309,50 @@ def build_pairs(shared: Path, staged: Path, out: Path, utkface: int, size: int =
     print(f"{len(crops)} pairs -> {out} {counts}; no face or landmarks off: {missed}")
 
 
-def build_teacher(out: Path, threads: int, chunk: int = 512) -> None:
+def build_teacher(out: Path, threads: int, chunk: int = 512, reuse: Path | None = None) -> None:
     """Write ``teacher.npy`` (N, 2, 128): SFace embeddings of each crop and of its mirror (resumable); of each
-    ``clean.npy`` crop where the folder has one (``pairs``)."""
+    ``clean.npy`` crop where the folder has one (``pairs``).
+
+    ``reuse``: an earlier ``pairs`` folder whose embeddings are taken for the photos both hold (same source and
+    path: the clean crop does not depend on our detector, only which photos it keeps does), so a new detector's
+    pairs cost the teacher only its new photos; 8 taken rows are re-embedded as a check.
+    """
     from training.recognizer.teacher import OnnxTeacher
 
     crops = np.load(out / ("clean.npy" if (out / "clean.npy").exists() else "crops.npy"), mmap_mode="r")
+    teacher = OnnxTeacher(threads=threads)
+    emb = np.zeros((len(crops), 2, 128), np.float32)
+    todo = np.arange(len(crops))
+    if reuse is not None:
+        have = dict(zip(_pair_keys(reuse), np.load(reuse / "teacher.npy"), strict=True))
+        keys = _pair_keys(out)
+        taken = np.array([k in have for k in keys])
+        emb[taken] = [have[k] for k, t in zip(keys, taken, strict=True) if t]
+        todo = np.flatnonzero(~taken)
+        check = np.sort(np.random.default_rng(0).permutation(np.flatnonzero(taken))[:8])
+        if len(check):
+            again, kept = _batched(teacher, np.asarray(crops[check])), emb[check, 0]
+            cos = (again * kept).sum(1) / np.linalg.norm(again, axis=1) / np.linalg.norm(kept, axis=1)
+            if float(cos.min()) < 0.999:
+                raise ValueError(f"{reuse}: its teacher embeddings are not of this folder's clean crops")
+        logger.info("teacher: %d of %d rows taken from %s", int(taken.sum()), len(crops), reuse)
     parts = out / "teacher_parts"
     parts.mkdir(exist_ok=True)
-    teacher = OnnxTeacher(threads=threads)
-    starts = range(0, len(crops), chunk)
+    starts = range(0, len(todo), chunk)
     for s in tqdm(starts, desc="teacher"):
-        part = parts / f"{s:07d}_{chunk}.npy"
-        if part.exists():
-            continue
-        x = np.asarray(crops[s:s + chunk])
-        emb = np.stack([_batched(teacher, x), _batched(teacher, x[:, :, ::-1])], 1)
-        np.save(part, emb.astype(np.float32))
-    np.save(out / "teacher.npy", np.concatenate([np.load(parts / f"{s:07d}_{chunk}.npy") for s in starts]))
-    print(f"teacher embeddings -> {out / 'teacher.npy'}")
+        part = parts / f"{s:07d}_{chunk}_{len(todo)}.npy"
+        if not part.exists():
+            x = np.asarray(crops[todo[s:s + chunk]])
+            np.save(part, np.stack([_batched(teacher, x), _batched(teacher, x[:, :, ::-1])], 1).astype(np.float32))
+        emb[todo[s:s + chunk]] = np.load(part)
+    np.save(out / "teacher.npy", emb)
+    print(f"teacher embeddings -> {out / 'teacher.npy'} ({len(todo)} embedded here)")
+
+
+def _pair_keys(folder: Path) -> list[tuple[str, str]]:
+    """(source, path) of every row of a data folder."""
+    meta = json.loads((folder / "meta.json").read_text())
+    return list(zip(meta["source"], meta["path"], strict=True))
 
 
 def pack(data: Path, dest: Path, quality: int = 85) -> None:
@@ -396,6 +421,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the teacher (default: 1)")
     ap.add_argument("--staged", type=Path, default=REPO / "runs/data",
                     help="pairs: the fetched sets (training.fetched; CelebA, UTKFace) (default: %(default)s)")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="teacher: an earlier pairs folder; its embeddings of the same photos are used (default: none)")
     ap.add_argument("--utkface", type=int, default=12000, help="pairs: UTKFace photos used (default: %(default)s)")
     return ap
 
@@ -415,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"{args.step} needs --to FILE")
         pack(args.out, args.to) if args.step == "pack" else unpack(args.to, args.out)
     else:
-        build_teacher(args.out, args.threads)
+        build_teacher(args.out, args.threads, reuse=args.reuse)
 
 
 if __name__ == "__main__":
