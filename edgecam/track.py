@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -212,26 +213,34 @@ class Track:
     def want_vote(self, max_votes: int, weight: float = 1.0) -> bool:
         """Whether a new recognizer result of ``weight`` for this track would count: fewer than ``max_votes`` votes
         are kept, or it outweighs the weakest one kept (which it replaces, see ``keep_vote``)."""
-        if len(self.votes) < max_votes:
-            return True
-        return bool(self.votes) and weight > min(v.weight for v in self.votes)
+        return vote_slot(self.votes, weight, max_votes) is not None
 
     def keep_vote(self, v: Vote, max_votes: int | None, embedding: np.ndarray | None = None) -> None:
         """Add a vote (and its crop's embedding); with ``max_votes`` kept already, it replaces the weakest kept
         vote if it outweighs it (the closest, sharpest frames decide, not the first ones), else it is dropped."""
-        if max_votes is None or len(self.votes) < max_votes:
+        j = vote_slot(self.votes, v.weight, max_votes)
+        if j is None:
+            return
+        if j == len(self.votes):
             self.votes.append(v)
             if embedding is not None:
                 self.embeddings.append(embedding)
             return
-        if not self.want_vote(max_votes, v.weight):
-            return
-        j = min(range(len(self.votes)), key=lambda i: self.votes[i].weight)
         self.votes[j] = v
         if embedding is not None and len(self.embeddings) == len(self.votes):  # kept side by side with the votes
             self.embeddings[j] = embedding
         elif embedding is not None:
             self.embeddings.append(embedding)
+
+
+def vote_slot(votes: Sequence[Vote], weight: float, max_votes: int | None) -> int | None:
+    """Where a new vote of ``weight`` goes among the kept ``votes``: ``len(votes)`` (appended) while fewer than
+    ``max_votes`` (None: no limit) are kept, else the weakest kept vote's index if it outweighs it (replaced),
+    else None (dropped)."""
+    if max_votes is None or len(votes) < max_votes:
+        return len(votes)
+    j = min(range(len(votes)), key=lambda i: votes[i].weight, default=None)
+    return j if j is not None and weight > votes[j].weight else None
 
 
 class VisitorHook(Protocol):

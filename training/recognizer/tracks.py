@@ -41,7 +41,7 @@ from edgecam.detect import FaceDetector
 from edgecam.pipeline import Pipeline
 from edgecam.recognize import EmbeddingRecognizer
 from edgecam.sources import Frame
-from edgecam.track import Vote, vote, vote_weight
+from edgecam.track import Vote, vote, vote_slot, vote_weight
 from training.recognizer.stills import central_index
 
 
@@ -278,10 +278,12 @@ def replay_votes(rec: Recorded, cfg: Config, rule: VoteRule, best_votes: bool) -
             continue
         hits, confident = hits + 1, confident + (r.score >= t.confirm_score)
         if r.vote is not None:
-            if len(votes) < max_votes:
+            j = vote_slot(votes, r.vote.weight, max_votes) if best_votes else \
+                (len(votes) if len(votes) < max_votes else None)
+            if j == len(votes):
                 votes.append(r.vote)
-            elif best_votes and r.vote.weight > min(v.weight for v in votes):
-                votes[int(np.argmin([v.weight for v in votes]))] = r.vote
+            elif j is not None:
+                votes[j] = r.vote
         previous, identity = identity, rule(votes)
         if not confirmed:
             if hits >= t.min_hits and confident >= t.confirm_hits:
