@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import numpy as np
 from edgecam import EdgecamError
 from edgecam.crops import QualityGate, align
 from edgecam.manifest import Manifest, ModelError, load_manifest, session, to_tensor
-from edgecam.mqtt.topics import RESERVED_PERSON_NAMES
+from edgecam.mqtt.topics import RESERVED_PERSON_NAMES, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,6 @@ ENROLL_MIN_SHARPNESS = 30.0  # ... an aligned crop at least this sharp (variance
 ENROLL_MAX_YAW = 0.3  # ... and a roughly frontal face
 ENROLL_SIMILAR_FACES = 0.8  # a second face this prominent (side x centrality) next to the main one: ambiguous
 MAX_NAME_CHARS = 64
-_NAME_BAD = re.compile(r"[/#+\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -74,13 +72,10 @@ def check_person_name(name: str) -> str:
         GalleryError: Empty, longer than 64 characters, with ``/ # +`` or a control character, or one of
             edgecam's own topic names.
     """
-    if not name or len(name) > MAX_NAME_CHARS:
-        raise GalleryError(f"person name '{name}' is empty or longer than {MAX_NAME_CHARS} characters")
-    if _NAME_BAD.search(name):
-        raise GalleryError(f"person name {name!r} contains '/', '#', '+' or a control character")
-    if name in RESERVED_PERSON_NAMES:
-        raise GalleryError(f"person name '{name}' is reserved ({', '.join(sorted(RESERVED_PERSON_NAMES))})")
-    return name
+    try:
+        return check_name(name, "person name", RESERVED_PERSON_NAMES, MAX_NAME_CHARS)
+    except ValueError as e:
+        raise GalleryError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------ gallery

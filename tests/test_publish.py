@@ -225,7 +225,7 @@ def test_states_retained_deduplicated_and_bool_as_on_off(
     assert got[0].retain and got[0].payload == b"3"
     with pytest.raises(ValueError, match="reserved"):
         pub.publish_state("events", 1)
-    with pytest.raises(ValueError, match="no '/'"):
+    with pytest.raises(ValueError, match="contains '/'"):
         pub.publish_state("a/b", 1)
     with pytest.raises(TypeError):
         pub.publish_state("face", [1, 2])  # type: ignore[arg-type]

@@ -75,18 +75,19 @@ class CommandError(ValueError):
     """A command message that is ignored; the message says why."""
 
 
-def check_name(name: str, what: str = "state name") -> str:
-    """A single topic level that cannot collide with edgecam's own topics.
+def check_name(name: str, what: str = "state name", reserved: frozenset[str] = RESERVED_NAMES,
+               max_chars: int = 100) -> str:
+    """A single topic level that cannot collide with edgecam's own topics (``reserved``).
 
     Raises:
-        ValueError: Empty, too long, a wildcard, ``/``, a control character, or a reserved name.
+        ValueError: Empty, longer than ``max_chars``, a wildcard, ``/``, a control character, or a reserved name.
     """
-    if not isinstance(name, str) or not name or len(name) > 100:
-        raise ValueError(f"{what} {name!r}: want 1-100 characters")
+    if not isinstance(name, str) or not name or len(name) > max_chars:
+        raise ValueError(f"{what} {name!r}: want 1-{max_chars} characters")
     if _NAME_BAD.search(name):
-        raise ValueError(f"{what} {name!r}: no '/', '#', '+' or control characters")
-    if name in RESERVED_NAMES:
-        raise ValueError(f"{what} {name!r} is reserved ({', '.join(sorted(RESERVED_NAMES))})")
+        raise ValueError(f"{what} {name!r} contains '/', '#', '+' or a control character")
+    if name in reserved:
+        raise ValueError(f"{what} {name!r} is reserved ({', '.join(sorted(reserved))})")
     return name
 
 
