@@ -41,10 +41,13 @@ def test_discovery_config_retained_and_complete(pub: Publisher, collector: Calla
     cfg = json.loads(msg.payload)
     assert cfg["dev"]["ids"] == [device_id(CAM)] and cfg["dev"]["name"] and cfg["o"]["name"] == "edgecam"
     assert cfg["availability"][0]["topic"] == "edgecam/availability"
-    platforms = sorted(c["p"] for c in cfg["cmps"].values())
-    assert platforms == ["binary_sensor"] * 3 + ["button"] + ["event"] * 3 + ["image"] + ["sensor"] * 5 + ["switch"]
-    assert all(c["qos"] == 1 for c in cfg["cmps"].values()) and "qos" not in cfg  # per component, not device
+    shown = {k: c for k, c in cfg["cmps"].items() if "name" in c}
     dev = device_id(CAM)
+    assert {k: c for k, c in cfg["cmps"].items() if k not in shown} == {  # visitors off: their entities removed
+        f"{dev}_visitor": {"p": "event"}, f"{dev}_visitor_face": {"p": "image"}}
+    platforms = sorted(c["p"] for c in shown.values())
+    assert platforms == ["binary_sensor"] * 3 + ["button"] + ["event"] * 3 + ["image"] + ["sensor"] * 5 + ["switch"]
+    assert all(c["qos"] == 1 for c in shown.values()) and "qos" not in cfg  # per component, not device
     by_p = {c["p"]: c for k, c in cfg["cmps"].items()
             if k in {f"{dev}_{x}" for x in ("events", "faces", "detection", "snapshot", "snapshot_now")}}
     assert by_p["event"]["state_topic"] == f"edgecam/{CAM}/events" and by_p["event"]["event_types"]
@@ -58,8 +61,8 @@ def test_discovery_config_retained_and_complete(pub: Publisher, collector: Calla
     assert all(c["state_topic"] == f"edgecam/{CAM}/stats" for c in diagnostic.values())
     people = {c["name"]: c for c in cfg["cmps"].values() if c.get("device_class") == "occupancy"}
     assert people["Bob Smith"]["state_topic"] == f"edgecam/{CAM}/Bob Smith"
-    uids = [c["unique_id"] for c in cfg["cmps"].values()]
-    assert len(set(uids)) == len(uids) and all(k == c["unique_id"] for k, c in cfg["cmps"].items())
+    uids = [c["unique_id"] for c in shown.values()]
+    assert len(set(uids)) == len(uids) and all(k == c["unique_id"] for k, c in shown.items())
     # every enrolled person starts OFF (retained), so HA never shows "unknown"
     assert sub.wait_count(f"edgecam/{CAM}/alice", 1)[0].payload == b"OFF"
     # a person removed later is sent as a bare component, which removes the entity in HA
@@ -67,7 +70,7 @@ def test_discovery_config_retained_and_complete(pub: Publisher, collector: Calla
     sub.wait_count(DISCOVERY, 2)
     cmps = json.loads(sub.on(DISCOVERY)[-1].payload)["cmps"]
     gone = [c for c in cmps.values() if c["p"] == "binary_sensor" and "name" not in c]
-    assert len(gone) == 1 and len(cmps) == 14
+    assert len(gone) == 1 and len(cmps) == 16
 
 
 def test_availability_per_camera(broker: Broker, collector: Callable[..., Collector], tmp_path: Path) -> None:
@@ -336,4 +339,4 @@ def test_discovery_payloads_pass_home_assistants_own_schemas(tmp_path: Path) -> 
         assert result["errors"] == [], (name, result["errors"])
         assert result["dropped_keys"] == [], (name, result["dropped_keys"])  # keys HA would silently ignore
     assert report["payloads"]["nobody enrolled"]["components"] == 12
-    assert report["payloads"]["other prefix, per-camera availability, removals, qos 2"]["removed"] == 2
+    assert report["payloads"]["other prefix, per-camera availability, removals, qos 2"]["removed"] == 4  # 2 visitor

@@ -205,4 +205,5 @@ def test_visitor_components_pass_home_assistants_own_schemas() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads(r.stdout)["payloads"]["visitors on"]
     assert result["errors"] == [] and result["dropped_keys"] == []
-    assert result["components"] == len(discovery_config(Topics("edgecam", CAM), ["alice"])["cmps"]) + 2
+    off = discovery_config(Topics("edgecam", CAM), ["alice"])["cmps"]
+    assert result["components"] == sum("name" in c for c in off.values()) + 2 and result["removed"] == 0

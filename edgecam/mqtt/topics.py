@@ -283,7 +283,8 @@ def discovery_config(topics: Topics, people: list[str], removed: list[str] | Non
             which tells Home Assistant to remove them.
         qos: QoS of every component's subscriptions (set per component: HA before 2026.6 ignores it on the
             device).
-        visitors: Visitors are enabled: a ``Visitor`` event entity and a ``Visitor face`` image.
+        visitors: Visitors are enabled: a ``Visitor`` event entity and a ``Visitor face`` image (else those two are
+            sent as removals, so switching visitors off takes them out of Home Assistant).
     """
     dev = device_id(topics.camera, topics.prefix)
     components: dict[str, dict[str, Any]] = {
@@ -342,6 +343,8 @@ def discovery_config(topics: Topics, people: list[str], removed: list[str] | Non
         component["qos"] = qos
     for person in removed or []:
         components[person_key(dev, person)] = {"p": "binary_sensor"}
+    if not visitors:
+        components.update({k: {"p": c["p"]} for k, c in _visitor_components(topics, dev).items()})
     return {
         "dev": {
             "ids": [dev],
