@@ -37,6 +37,25 @@ def test_flip_swaps_eyes() -> None:
     assert v.landmarks[0, 0, 0] < v.landmarks[0, 1, 0]  # still image-left eye first after the mirror
 
 
+def test_squeeze_narrows_one_side_of_the_nose_and_moves_the_labels_with_the_pixels() -> None:
+    from training.detector.augment import View, squeeze
+
+    img = np.zeros((100, 100), np.uint8)
+    lm = np.array([[[35, 40], [65, 40], [50, 52], [50, 62]]], np.float32)
+    for x, y in lm[0, :2]:
+        img[int(y) - 1:int(y) + 2, int(x) - 1:int(x) + 2] = 255  # a bright dot on each eye
+    one = np.ones(1, np.float32)
+    v = View(img, np.array([[25, 25, 75, 75]], np.float32), lm, one, one, np.zeros((0, 4), np.float32))
+    for seed in range(4):
+        w = squeeze(v, np.random.default_rng(seed), k_min=0.55)
+        assert w.landmarks[0, 2, 0] == 50  # the nose is the pivot
+        left, right = 50 - w.landmarks[0, 0, 0], w.landmarks[0, 1, 0] - 50
+        assert min(left, right) < 15 * 0.91 and max(left, right) == 15  # one eye closer to the nose
+        assert w.boxes[0, 2] - w.boxes[0, 0] < 50 and w.boxes[0, 1] == 25
+        for x, y in w.landmarks[0, :2]:  # the dots moved where the landmarks did
+            assert w.image[int(round(y)), int(round(x))] > 100
+
+
 @pytest.mark.slow
 @needs_webfaces
 def test_few_iterations_loss_falls_and_export_round_trips(tmp_path: Path) -> None:
