@@ -221,7 +221,7 @@ class TrackerConfig(Section):
 
     iou_threshold: float = Field(default=0.3, gt=0, lt=1, description="smallest IoU to continue a track")
     min_hits: int = Field(default=3, ge=1, le=1000, description="detections before a track is confirmed (event new)")
-    confirm_score: float = Field(default=0.6, ge=0, le=1,
+    confirm_score: float = Field(default=0.65, ge=0, le=1,
                                  description="a track is confirmed (event new) only once confirm_hits of its "
                                  "detections scored at least this: a face with confidence (0: no gate)")
     confirm_hits: int = Field(default=2, ge=1, le=1000,
