@@ -54,7 +54,8 @@ recognizer-pairs: setup-train
 	$(BIN)/python -m training.recognizer.chain --config training/recognizer/configs/pairs.yaml $(ARGS)
 
 # The detector: stage the fetched scene/portrait sets (needs their snapshots from the fetch tool), label them with
-# YuNet, fine-tune the m3 detector (taken from git history) with wild.yaml then wild2.yaml, export (~2 h on 2 cores).
+# YuNet, fine-tune the m3 detector (taken from git history) with wild.yaml, wild2.yaml and wild4.yaml, mine hard
+# negatives with wild4, then wild5.yaml and wild6.yaml, export (~4 h on 2 cores).
 M3_COMMIT := 42157e7
 detector: setup-train
 	mkdir -p runs/detector
@@ -63,7 +64,14 @@ detector: setup-train
 	PYTHON=$(BIN)/python bash training/detector/configs/label_wild.sh
 	$(BIN)/python -m training.detector.train --config training/detector/configs/wild.yaml $(ARGS)
 	$(BIN)/python -m training.detector.train --config training/detector/configs/wild2.yaml $(ARGS)
-	$(BIN)/python -m training.detector.export runs/detector/wild2/ckpt.pt
+	$(BIN)/python -m training.detector.train --config training/detector/configs/wild4.yaml $(ARGS)
+	$(BIN)/python -m training.detector.export runs/detector/wild4/ckpt.pt --out runs/detector/wild4/model
+	$(BIN)/python -m training.detector.hardneg --model runs/detector/wild4/model --out runs/detector/labels/hardneg.json \
+		runs/detector/labels/worksite.json runs/detector/labels/voc_shwd.json \
+		runs/detector/labels/coco128_person.json runs/detector/labels/rwmfd.json
+	$(BIN)/python -m training.detector.train --config training/detector/configs/wild5.yaml $(ARGS)
+	$(BIN)/python -m training.detector.train --config training/detector/configs/wild6.yaml $(ARGS)
+	$(BIN)/python -m training.detector.export runs/detector/wild6/ckpt.pt
 
 orl: setup-train
 	$(BIN)/python -m training.recognizer.orl --config training/recognizer/configs/orl.yaml $(ARGS)
