@@ -397,10 +397,10 @@ def main_face(boxes: np.ndarray, shape: tuple[int, ...]) -> tuple[int | None, st
     off = np.hypot(((boxes[:, 0] + boxes[:, 2]) / 2 - w / 2) / (w / 2),
                    ((boxes[:, 1] + boxes[:, 3]) / 2 - h / 2) / (h / 2)) / np.sqrt(2)  # 0 centre, 1 corner
     prominence = side * (1 - 0.5 * np.clip(off, 0, 1))
-    order = np.argsort(-prominence, kind="stable")
-    main, runner_up = int(order[0]), int(order[1])
-    if prominence[runner_up] >= ENROLL_SIMILAR_FACES * prominence[main]:
-        return None, f"{len(boxes)} faces of similar size found (crop the photo to the one person)"
+    main = int(np.argmax(prominence))
+    similar = int((prominence >= ENROLL_SIMILAR_FACES * prominence[main]).sum())
+    if similar > 1:
+        return None, f"{similar} faces of similar size found (crop the photo to the one person)"
     others = len(boxes) - 1
     return main, (f"took the main face ({side[main]:.0f} px) of {len(boxes)} found; {others} smaller or "
                   f"off-centre face{'s' if others > 1 else ''} ignored")
