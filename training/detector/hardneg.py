@@ -8,7 +8,7 @@ and written as a labelled folder of its own, so a run weights these views up lik
 (``extra: runs/detector/labels/hardneg.json:0.1``). A contact sheet of the crops is written beside the labels:
 look at it, a crop that shows a real face (a profile YuNet missed) must not become a negative.
 
-    python -m training.detector.hardneg --model /tmp/det_wild4 --out runs/detector/labels/hardneg.json \\
+    python -m training.detector.hardneg --model runs/detector/wild4/model --out runs/detector/labels/hardneg.json \\
         runs/detector/labels/worksite.json runs/detector/labels/voc_shwd.json ...
 """
 
