@@ -47,7 +47,7 @@ def test_each_calibration_population_is_held_to_the_target_by_the_higher_thresho
     sets = {"calib": impostors("strangers_calib", web)}
     alone = population_thresholds(sets, CalibConfig())
     assert set(alone) == {"lfw_few"} and rate(low_res, alone["lfw_few"]["known"]) > 0.03  # web-only misses them
-    sets["celeba_calib"] = {"celeba": impostors("celeba_people", low_res)}
+    sets["celeba_calib"] = impostors("celeba_people", low_res)
     pops = population_thresholds(sets, CalibConfig())
     assert pops["lfw_few"] == alone["lfw_few"] and pops["celeba"]["impostor_probes"] == 500
     known = max(p["known"] for p in pops.values())

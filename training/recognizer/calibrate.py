@@ -277,7 +277,8 @@ def score_model(rec: EmbeddingRecognizer, data: Data, stranger_idx: dict[int, np
     if data.celeba is not None:
         out.update(celeba_sets(rec, data.celeba, sha, dim, cfg.celeba_gallery, desc))
     if data.celeba_calib is not None:
-        out["celeba_calib"] = celeba_sets(rec, data.celeba_calib, sha, dim, cfg.celeba_gallery, f"{desc} calib")
+        out["celeba_calib"] = celeba_sets(rec, data.celeba_calib, sha, dim, cfg.celeba_gallery, f"{desc} calib",
+                                          verification=False)["celeba"]
     return out
 
 
@@ -293,24 +294,29 @@ def gallery_sizes(cal_gal: dict[str, list[int]], emb: np.ndarray, impostors: np.
 
 
 def celeba_sets(rec: EmbeddingRecognizer, faces: Faces, sha: str, dim: int, per_gallery: int,
-                desc: str) -> dict[str, Any]:
+                desc: str, verification: bool = True) -> dict[str, Any]:
     """CelebA eval identities: the open set (the enrolled people split into disjoint galleries of about
-    ``per_gallery``, as large as the LFW eval gallery; every gallery against every non-enrolled person) and
-    verification."""
+    ``per_gallery``, as large as the LFW eval gallery; every gallery against every non-enrolled person) and,
+    with ``verification``, 10-fold verification."""
     people = faces.people()
     gal, gen, imp = enrolled_split(people, False, ev.GALLERY_SEED)
-    multi = sorted(p for p, v in people.items() if len(v) > 1)  # every fold needs same-person pairs
-    ordered = {str(p): people[str(p)] for p in np.random.default_rng(ev.PAIR_SEED).permutation(multi)}
-    pairs = ev.make_pairs(ordered, np.random.default_rng(ev.PAIR_SEED))
-    used = sorted({*flat(gal)[0], *flat(gen)[0], *flat(imp)[0], *pairs[:, 1].tolist(), *pairs[:, 2].tolist()})
-    emb = embed(rec, faces.crops, np.array(used, np.int64), desc=f"{desc} celeba")
+    used = {*flat(gal)[0], *flat(gen)[0], *flat(imp)[0]}
+    if verification:
+        multi = sorted(p for p, v in people.items() if len(v) > 1)  # every fold needs same-person pairs
+        ordered = {str(p): people[str(p)] for p in np.random.default_rng(ev.PAIR_SEED).permutation(multi)}
+        pairs = ev.make_pairs(ordered, np.random.default_rng(ev.PAIR_SEED))
+        used |= {*pairs[:, 1].tolist(), *pairs[:, 2].tolist()}
+    emb = embed(rec, faces.crops, np.array(sorted(used), np.int64), desc=f"{desc} celeba")
     impostors = {"celeba_people": emb[flat(imp)[0]]}
     sets = []
     for chunk in np.array_split(np.array(sorted(gal)), max(1, round(len(gal) / per_gallery))):
         gidx, gnames = flat({str(p): gal[str(p)] for p in chunk})
         gi, gn = flat({str(p): gen[str(p)] for p in chunk})
         sets.append(OpenSet.score(enroll(sha, dim, emb[gidx], gnames), emb[gi], gn, impostors))
-    return {"celeba": OpenSet.pooled(sets), "celeba_verification": ev.verification(emb, pairs)}
+    out: dict[str, Any] = {"celeba": OpenSet.pooled(sets)}
+    if verification:
+        out["celeba_verification"] = ev.verification(emb, pairs)
+    return out
 
 
 def population_thresholds(sets: dict[str, Any], cfg: CalibConfig) -> dict[str, dict[str, float]]:
@@ -319,7 +325,7 @@ def population_thresholds(sets: dict[str, Any], cfg: CalibConfig) -> dict[str, d
     the higher: web portraits and low-resolution in-the-wild photos both held to the target)."""
     pops = {"lfw_few": sets["calib"].impostors["strangers_calib"]}
     if "celeba_calib" in sets:
-        pops["celeba"] = sets["celeba_calib"]["celeba"].impostors["celeba_people"]
+        pops["celeba"] = sets["celeba_calib"].impostors["celeba_people"]
     return {k: {"known": threshold_at(s, cfg.known_fpir), "unknown": threshold_at(s, cfg.unknown_fpir),
                 "impostor_probes": len(s)} for k, s in pops.items()}
 

@@ -239,7 +239,11 @@ def update_model(model_dir: Path, r: dict[str, Any], md: str, out: Path) -> None
         "calibration": f"lfw_few strangers ({r['data']['strangers']['people']['calibration']:,} people, in no gallery "
                        f"or training set) vs the {s['counts']['calib']['gallery_people']} LFW calib people: known = "
                        f"smallest score at most {pct(tg['known_fpir'], 0)} of them reach, unknown = "
-                       f"{pct(tg['unknown_fpir'], 0)}; crops of detector sha256 {r['detector']['sha256'][:12]}",
+                       f"{pct(tg['unknown_fpir'], 0)}"
+                       + (f"; the same on {r['data']['celeba_calib']['people']:,} CelebA eval identities against "
+                          "galleries of their own, each threshold the higher of the two"
+                          if "celeba" in s.get("thresholds_by_population", {}) else "")
+                       + f"; crops of detector sha256 {r['detector']['sha256'][:12]}",
         "command": r["command"], "provisional": s["thresholds_before"]}  # ship.py's, compared against on a rerun
     m.setdefault("metrics", {})["calibration"] = summary(r)
     mj.write_text(json.dumps(m, indent=2) + "\n")
