@@ -135,24 +135,25 @@ class Pipeline:
         return events
 
     def _measure(self, frame: Frame, boxes: np.ndarray, landmarks: np.ndarray,
-                 tracks: list[Any]) -> tuple[list[Observation], dict[int, np.ndarray]]:
-        """Aligned crop and quality of every detection; the crops to recognize, by observation index."""
+                 tracks: list[Any]) -> tuple[list[Observation], dict[int, tuple[np.ndarray, float]]]:
+        """Aligned crop and quality of every detection; the crops to recognize and their vote weights, by
+        observation index."""
         observations, wanted = [], {}
         for i, (box, lm, track) in enumerate(zip(boxes, landmarks, tracks, strict=True)):
             crop = align(frame.bgr, lm, self.crop_size)
             quality = self.quality(crop, box, lm)
             observations.append(Observation(track, box, lm, quality))
             self.counts.crops_passed += quality.ok
-            if quality.ok and self.recognizer is not None and track.want_vote(self.max_votes, self._weight(quality)):
-                wanted[i] = crop
+            weight = self._weight(quality)
+            if quality.ok and self.recognizer is not None and track.want_vote(self.max_votes, weight):
+                wanted[i] = crop, weight
         return observations, wanted
 
-    def _recognize(self, observations: list[Observation], crops: dict[int, np.ndarray]) -> None:
+    def _recognize(self, observations: list[Observation], crops: dict[int, tuple[np.ndarray, float]]) -> None:
         assert self.recognizer is not None
-        results = self.recognizer(list(crops.values()))
-        for i, result in zip(crops, results, strict=True):
-            quality = observations[i].quality
-            observations[i].vote = identity_vote(result, self._weight(quality) if quality is not None else 1.0)
+        results = self.recognizer([crop for crop, _ in crops.values()])
+        for (i, (_, weight)), result in zip(crops.items(), results, strict=True):
+            observations[i].vote = identity_vote(result, weight)
             observations[i].embedding = getattr(result, "embedding", None)
         self.counts.crops_recognized += len(crops)
         self.counts.recognizer_pixels += len(crops) * self.crop_size[0] * self.crop_size[1]
