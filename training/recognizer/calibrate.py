@@ -55,7 +55,7 @@ from edgecam.detect import FaceDetector
 from edgecam.manifest import sha256_file
 from edgecam.recognize import EmbeddingRecognizer
 from training.recognizer import evaluate as ev
-from training.recognizer.data import CropSet, celeba_split, lfw_people, split_people
+from training.recognizer.data import CropSet, celeba_eval_photos, lfw_people, split_people
 from training.recognizer.openset import OpenSet, enroll, rate, threshold_at
 from training.recognizer.stills import Faces, cached_faces, embed
 from training.recognizer.tracks import TrackConfig, TrackSpec, run_tracks
@@ -191,12 +191,8 @@ def celeba_faces(cfg: CalibConfig, det: FaceDetector, size: tuple[int, int], cac
         if calib else (cfg.celeba_people, slice(0, cfg.celeba_people))
     if not cfg.celeba or not n or not folder.is_dir() or not ids.exists():
         return None
-    split = celeba_split(ids)
-    who = {r.split()[0]: r.split()[1] for r in ids.read_text().splitlines() if r.split()[0] in split}
-    held = sorted({who[f] for f, s in split.items() if s == "eval" and (folder / f).exists()}, key=int)
-    chosen = set(np.random.default_rng(cfg.seed).permutation(held)[part].tolist())
-    items = [(who[f], folder / f) for f in sorted(split) if who[f] in chosen and (folder / f).exists()]
-    return cached_faces(det, items, size, "celeba_calib" if calib else "celeba", cache)
+    return cached_faces(det, celeba_eval_photos(ids, folder, part, cfg.seed), size,
+                        "celeba_calib" if calib else "celeba", cache)
 
 
 # --------------------------------------------------------------------------------------------- protocols

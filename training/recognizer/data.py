@@ -77,6 +77,16 @@ def celeba_split(identity_file: Path, seed: int = SPLIT_SEED) -> dict[str, str]:
     return {r[0]: "eval" if r[1] in held else "train" for r in rows}
 
 
+def celeba_eval_photos(identity_file: Path, folder: Path, part: slice, seed: int = 0) -> list[tuple[str, Path]]:
+    """(identity, path) of every staged photo of a ``part`` of the CelebA eval identities (``celeba_split``) in
+    one seeded order: ``calibrate`` and ``visitors_eval`` report on the first ones and calibrate on the next."""
+    split = celeba_split(identity_file)
+    who = {r.split()[0]: r.split()[1] for r in identity_file.read_text().splitlines() if r.split()[0] in split}
+    held = sorted({who[f] for f, s in split.items() if s == "eval" and (folder / f).exists()}, key=int)
+    chosen = set(np.random.default_rng(seed).permutation(held)[part].tolist())
+    return [(who[f], folder / f) for f in sorted(split) if who[f] in chosen and (folder / f).exists()]
+
+
 def lfw_people(root: Path) -> dict[str, list[Path]]:
     """LFW folder -> {person: sorted image paths}."""
     people = {d.name: sorted(d.glob("*.jpg")) for d in sorted(root.iterdir()) if d.is_dir()}

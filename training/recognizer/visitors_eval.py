@@ -8,10 +8,11 @@
 1. Models: the shipped detector and recognizer, through the runtime classes (``edgecam.detect.FaceDetector``,
    ``edgecam.recognize.EmbeddingRecognizer``).
 2. People, split so that the threshold is never set on the people reported:
-   - calibration: the LFW ``calib`` people (``data.split_people``), CelebA ``train`` identities
-     (``data.celeba_split``; the recognizer never trained on CelebA) and the calibration half of the
-     ``identity/lfw_few`` strangers (the half ``calibrate.py`` set the recognizer's thresholds on);
-   - report: the LFW ``eval`` people, CelebA ``eval`` identities and the held-out half of the strangers.
+   - calibration: the LFW ``calib`` people (``data.split_people``), the CelebA ``eval`` identities and the half
+     of the ``identity/lfw_few`` strangers that ``calibrate.py`` set the recognizer's thresholds on (CelebA:
+     ``data.celeba_eval_photos``; the recognizer trained on the CelebA ``train`` identities);
+   - report: the LFW ``eval`` people, the CelebA eval identities and the half of the strangers that
+     ``calibrate.py`` reports on.
    Every photo of a person is one visit (LFW people: at most ``max_visits`` seeded photos); a stranger visits
    once. Visits are replayed in one seeded order (people come and go interleaved).
 3. A visit is a person walking up to the camera in one photo: ``frames`` frames, the face growing from
@@ -59,7 +60,7 @@ from edgecam.detect import FaceDetector
 from edgecam.recognize import EmbeddingRecognizer, Gallery
 from edgecam.track import Vote, vote
 from edgecam.visitors import VisitorStore, name_visitor
-from training.recognizer.data import celeba_split, lfw_people, split_people
+from training.recognizer.data import celeba_eval_photos, lfw_people, split_people
 from training.recognizer.stills import central_index, photo_face
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class EvalConfig:
     detector: str = "face_detector"
     recognizer: str = "face_recognizer"
     max_visits: int = 10  # visits (photos) per LFW person at most
-    celeba_people: int = 1000  # CelebA identities per side (report: the eval identities, all 1,000)
+    celeba_people: int = 500  # CelebA eval identities per side (calibrate.yaml's celeba_people, celeba_calib_people)
     strangers: int = 1000  # one-time strangers per side
     frames: int = 5  # frames per visit
     start_px: float = 40.0  # face side in the first frame
@@ -127,8 +128,9 @@ def people(cfg: EvalConfig) -> dict[str, list[tuple[str, str, Path]]]:
             photos = lfw[p] if len(lfw[p]) <= cfg.max_visits else [lfw[p][i] for i in sorted(
                 rng.choice(len(lfw[p]), cfg.max_visits, replace=False))]
             out[side] += [(f"lfw:{p}", "lfw", f) for f in photos]
-    out["calibration"] += celeba_items(cfg, "train", rng)
-    out["report"] += celeba_items(cfg, "eval", rng)
+    n = cfg.celeba_people
+    out["calibration"] += celeba_items(cfg, slice(n, 2 * n))
+    out["report"] += celeba_items(cfg, slice(0, n))
     few = lfw_people(shared / "data/identity/lfw_few")
     names = [str(n) for n in np.random.default_rng(STRANGER_SEED).permutation(sorted(few))]
     halves = {"calibration": names[:len(names) // 2], "report": names[len(names) // 2:]}
@@ -138,17 +140,12 @@ def people(cfg: EvalConfig) -> dict[str, list[tuple[str, str, Path]]]:
     return out
 
 
-def celeba_items(cfg: EvalConfig, split_name: str, rng: np.random.Generator) -> list[tuple[str, str, Path]]:
-    """Every staged photo of ``celeba_people`` seeded CelebA identities of one split."""
+def celeba_items(cfg: EvalConfig, part: slice) -> list[tuple[str, str, Path]]:
+    """Every staged photo of a ``part`` of the CelebA eval identities, in ``calibrate.py``'s order (seed 0)."""
     folder, ids = REPO / cfg.celeba, REPO / cfg.shared / "data/identity/celeba_first10k_identity.txt"
     if not cfg.celeba or not cfg.celeba_people or not folder.is_dir() or not ids.exists():
         return []
-    split = celeba_split(ids)
-    who = {r.split()[0]: r.split()[1] for r in ids.read_text().splitlines() if r.split()[0] in split}
-    pool = sorted({who[f] for f, s in split.items() if s == split_name and (folder / f).exists()}, key=int)
-    chosen = set(rng.permutation(pool)[:cfg.celeba_people].tolist())
-    return [(f"celeba:{who[f]}", "celeba", folder / f) for f in sorted(split) if who[f] in chosen
-            and (folder / f).exists()]
+    return [(f"celeba:{who}", "celeba", path) for who, path in celeba_eval_photos(ids, folder, part)]
 
 
 # ------------------------------------------------------------------------------------------ 3. visits
