@@ -176,6 +176,8 @@ def plot(curves: dict[str, Any], r: dict[str, Any], path: Path) -> None:
                   ("held-out strangers, calib gallery", sets["calib"].impostors["strangers_heldout"]),
                   ("held-out strangers, LFW eval gallery", sets["eval"].impostors["strangers_heldout"]),
                   ("LFW eval people not enrolled", sets["eval"].impostors["eval_people"])]
+        if "celeba_calib" in sets:
+            series.append(("CelebA calibration people", sets["celeba_calib"].impostors["celeba_people"]))
         if "celeba" in sets:
             series.append(("CelebA people not enrolled", sets["celeba"].impostors["celeba_people"]))
         for label, s in series:

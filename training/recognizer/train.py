@@ -240,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--p-view", type=float, default=0.0,
                     help="share of WebFaces crops replaced by their detector-aligned view, with clean "
                          "targets (needs <data>/views.npz from 'data views') (default: 0)")
+    ap.add_argument("--fused-target", action="store_true",
+                    help="distil towards the teacher's mirror-fused embedding (the mean of a face and its mirror, "
+                         "normalised) for both views: a target free of the teacher's left-right noise")
     ap.add_argument("--seed", type=int, default=0, help="torch init and batch sampling (default: 0)")
     return ap
 
@@ -253,7 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     # 1. data: crops, cached teacher embeddings, the training pool
     data = CropSet.load(args.data)
     pool = data.indices(split="train")  # WebFaces, the LFW train people (and CelebA, UTKFace in ``pairs``)
-    teacher = np.load(args.data / "teacher.npy")
+    teacher = np.load(args.data / "teacher.npy")  # (N, 2, D): each face and its mirror
+    if args.fused_target:
+        fused = teacher.sum(1)
+        fused /= np.linalg.norm(fused, axis=1, keepdims=True)
+        teacher = np.stack([fused, fused], 1)
     labels, classes = None, 0
     if args.stage == "labels":
         pool = data.indices("lfw", "train")
