@@ -40,12 +40,13 @@ from edgecam.statedb import open_state_db
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.65
+DEFAULT_THRESHOLD = 0.625
 """Visit-to-visitor similarity when neither the config (``visitors.threshold``) nor the recognizer's
 ``output.thresholds.visitor`` sets one: the lowest threshold at which at most 0.5 % of the visitors held two people
-or more on the calibration people (LFW calib, CelebA train identities, the calibration half of lfw_few), measured
-with ``python -m training.recognizer.visitors_eval`` for the recognizer ``DEFAULT_THRESHOLD_MODEL``."""
-DEFAULT_THRESHOLD_MODEL = "86afc88914f7e0cef68752f1b6a1577ec48862c70a1ab7485bda8fbd13149aec"
+or more on the calibration people (LFW calib, the 500 CelebA eval identities that also calibrate the recognizer's
+thresholds, the calibration half of lfw_few), measured with ``python -m training.recognizer.visitors_eval`` for the
+recognizer ``DEFAULT_THRESHOLD_MODEL``."""
+DEFAULT_THRESHOLD_MODEL = "70dfd3727a6952d7ae3381ed93b2a35c49f9996d71671e4f6362132fa67b691e"
 """sha256 of the recognizer model ``DEFAULT_THRESHOLD`` was calibrated for (the shipped ``face_recognizer``)."""
 STORE_FILE = "visitors.db"
 """The store's file name in the state directory."""
