@@ -8,10 +8,10 @@
 1. Models: the shipped detector and recognizer, through the runtime classes (``edgecam.detect.FaceDetector``,
    ``edgecam.recognize.EmbeddingRecognizer``).
 2. People, split so that the threshold is never set on the people reported:
-   - calibration: the LFW ``calib`` people (``data.split_people``), the CelebA ``eval`` identities and the half
-     of the ``identity/lfw_few`` strangers that ``calibrate.py`` set the recognizer's thresholds on (CelebA:
+   - calibration: the LFW ``calib`` people (``data.split_people``), and the CelebA ``eval`` identities and the
+     half of the ``identity/lfw_few`` strangers that ``calibrate.py`` set the recognizer's thresholds on (CelebA:
      ``data.celeba_eval_photos``; the recognizer trained on the CelebA ``train`` identities);
-   - report: the LFW ``eval`` people, the CelebA eval identities and the half of the strangers that
+   - report: the LFW ``eval`` people, and the other CelebA eval identities and half of the strangers, which
      ``calibrate.py`` reports on.
    Every photo of a person is one visit (LFW people: at most ``max_visits`` seeded photos); a stranger visits
    once. Visits are replayed in one seeded order (people come and go interleaved).
