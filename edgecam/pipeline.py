@@ -144,9 +144,10 @@ class Pipeline:
             quality = self.quality(crop, box, lm)
             observations.append(Observation(track, box, lm, quality))
             self.counts.crops_passed += quality.ok
-            weight = self._weight(quality)
-            if quality.ok and self.recognizer is not None and track.want_vote(self.max_votes, weight):
-                wanted[i] = crop, weight
+            if quality.ok and self.recognizer is not None:
+                weight = self._weight(quality)
+                if track.want_vote(self.max_votes, weight):
+                    wanted[i] = crop, weight
         return observations, wanted
 
     def _recognize(self, observations: list[Observation], crops: dict[int, tuple[np.ndarray, float]]) -> None:
