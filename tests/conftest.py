@@ -73,6 +73,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return bool(predicate())
 
 
+def trackable(boxes: np.ndarray) -> np.ndarray:
+    """The detections that can become a track (scored at least the tracker's gate), checking every other one is
+    a small box (Grace Hopper's cap emblem scores about 0.5, a face 0.8: face detector card, Limits)."""
+    from edgecam.config import TrackerConfig
+
+    sure = boxes[:, 4] >= TrackerConfig().confirm_score
+    assert np.all(np.maximum(boxes[~sure, 2] - boxes[~sure, 0], boxes[~sure, 3] - boxes[~sure, 1]) < 24), boxes
+    return boxes[sure]
+
+
 class Broker:
     """A mosquitto process on 127.0.0.1:<port> with a generated config under ``workdir``."""
 

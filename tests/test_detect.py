@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import trackable
 
 from edgecam import MODELS_DIR
 from edgecam.detect import FaceDetector, decode, nms, suppress_inner
@@ -107,21 +108,11 @@ def test_decode_one_synthetic_peak() -> None:
 # ------------------------------------------------------------------------------------------------ runtime
 
 
-def one_face(boxes: np.ndarray) -> np.ndarray:
-    """The detections that can become a track (scored at least the tracker's gate), checking every other one is
-    a small box (Grace Hopper's cap emblem scores about 0.5, the face 0.8: model card, Limits)."""
-    from edgecam.config import TrackerConfig
-
-    sure = boxes[:, 4] >= TrackerConfig().confirm_score
-    assert np.all(np.maximum(boxes[~sure, 2] - boxes[~sure, 0], boxes[~sure, 3] - boxes[~sure, 1]) < 24), boxes
-    return boxes[sure]
-
-
 def test_finds_grace_hopper_with_ordered_landmarks(det: FaceDetector) -> None:
     img = grace_hopper()
     boxes, lms = det(img)
     check_shapes(boxes, lms)
-    assert len(one_face(boxes)) == 1, boxes
+    assert len(trackable(boxes)) == 1, boxes
     x1, y1, x2, y2, score = boxes[0]
     # the face is ~250 px high: boxes of faces over ~200 px come out up to ~20 % small (model card, Limits)
     assert score > 0.6 and 130 < x2 - x1 < 400 and 150 < y2 - y1 < 450
@@ -175,7 +166,7 @@ def test_large_image_downscaled_but_reported_in_original_pixels(det: FaceDetecto
     canvas = np.full((1280, 1600, 3), 90, np.uint8)  # over max_side: the detector works at half size
     canvas[700:1000, 900:1156] = face
     boxes, lms = det(canvas)
-    assert len(one_face(boxes)) == 1, boxes
+    assert len(trackable(boxes)) == 1, boxes
     np.testing.assert_allclose(boxes[0, :4], ref[0, :4] + [900, 700, 900, 700], atol=0.2 * (ref[0, 2] - ref[0, 0]))
     assert np.all((lms[0] > boxes[0, :2]) & (lms[0] < boxes[0, 2:4]))
 
@@ -192,7 +183,7 @@ def test_empty_and_grey_images(det: FaceDetector) -> None:
     assert boxes.shape == (0, 5) and lms.shape == (0, 4, 2)
     grey = cv2.cvtColor(grace_hopper(), cv2.COLOR_BGR2GRAY)
     boxes, lms = det(grey)
-    assert len(one_face(boxes)) == 1, boxes
+    assert len(trackable(boxes)) == 1, boxes
 
 
 @pytest.mark.parametrize("bad", [np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 2), np.uint8),
