@@ -143,3 +143,51 @@ def test_init_from_an_exported_onnx_reproduces_it(tmp_path: Path) -> None:
     assert (got_train[:, 0] - got_eval[:, 0]).abs().mean() < 1e-3
     with pytest.raises(ValueError, match="another architecture"):
         init_weights(create_model("tinyface_m"), tmp_path / "int8.onnx", x)
+
+
+def test_grow_embeds_a_smaller_model_exactly() -> None:
+    from training.detector.model import create_model, grow
+
+    torch.manual_seed(0)
+    small = create_model("tinyface_m")
+    small.train()(torch.randn(4, 1, 64, 64))  # non-trivial BatchNorm statistics
+    big = create_model("tinyface_l")
+    grow(big, small.state_dict())
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        assert (big.eval()(x) - small.eval()(x)).abs().max() < 1e-5
+    assert sum(p.numel() for p in big.parameters()) > 1.5 * sum(p.numel() for p in small.parameters())
+    with pytest.raises(ValueError, match="does not fit"):
+        grow(create_model("tinyface_m"), big.state_dict())
+
+
+def test_int4_export_computes_what_quantisation_aware_training_trained(tmp_path: Path) -> None:
+    import onnx
+
+    from training.compress.export import ort_session
+    from training.detector.export import export_fp32, fold_bn, quantize_weights
+    from training.detector.model import create_model
+    from training.detector.train import forward
+
+    torch.manual_seed(0)
+    model = create_model("tinyface_xs")
+    model.train()(torch.randn(4, 1, 64, 64))
+    x = torch.randn(1, 1, 64, 96)
+    with torch.no_grad():
+        trained = forward(model.eval(), x, int4=True)  # the fake-quantised weights QAT sees
+        plain = model(x)
+    folded = fold_bn(model)
+    export_fp32(folded, tmp_path / "fp32.onnx", size=(64, 96))
+    quantize_weights(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    quantize_weights(tmp_path / "fp32.onnx", tmp_path / "int4.onnx", int4=True)
+    g = onnx.load(str(tmp_path / "int4.onnx")).graph
+    kinds = [i.data_type for i in g.initializer if len(i.dims) == 4]
+    assert kinds.count(onnx.TensorProto.INT4) == len(kinds) - 2  # all but the stem and the head
+    got = ort_session(tmp_path / "int4.onnx", 1, {}).run(None, {"input": x.numpy()})[0]
+    def deployed(y: torch.Tensor) -> np.ndarray:
+        return torch.cat([torch.sigmoid(y[:, :1]), y[:, 1:]], 1).numpy()
+
+    # export rounds the int4 weights as training did (the stem and head differ by their int8 rounding only)
+    qat_error, fp32_error = np.abs(got - deployed(trained)).max(), np.abs(got - deployed(plain)).max()
+    assert qat_error < 0.01 and qat_error < 0.2 * fp32_error, (qat_error, fp32_error)
+    assert (tmp_path / "int4.onnx").stat().st_size < (tmp_path / "int8.onnx").stat().st_size

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 import torch
@@ -64,26 +65,32 @@ def export_fp32(model: nn.Module, path: Path, size: tuple[int, int] = (256, 320)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def quantize_weights(src: Path, dst: Path) -> None:
-    """int8 per-channel weight storage (QDQ on conv weights) with short tensor names."""
+def quantize_weights(src: Path, dst: Path, int4: bool = False) -> None:
+    """int8 per-channel weight storage (QDQ on conv weights) with short tensor names; with ``int4`` every conv
+    but the first and the last stores int4 (as ``train.int4_weights`` trained them), opset 21."""
     m = onnx.load(str(src))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
+    convs = [n for n in g.node if n.op_type == "Conv" and n.input[1] in inits]
     new_inits, new_nodes = [], []
     for node in g.node:
-        if node.op_type == "Conv" and node.input[1] in inits:
+        if node in convs:
+            bits = 4 if int4 and node not in (convs[0], convs[-1]) else 8
+            qmax = 2 ** (bits - 1) - 1
             w = numpy_helper.to_array(inits.pop(node.input[1])).astype(np.float32)
-            scale = np.maximum(np.abs(w).reshape(len(w), -1).max(1), 1e-8) / 127.0
-            q = np.clip(np.round(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
+            scale = np.maximum(np.abs(w).reshape(len(w), -1).max(1), 1e-8) / qmax
+            q = np.clip(np.round(w / scale[:, None, None, None]), -qmax, qmax).astype(np.int8)
             name = node.input[1]
-            new_inits += [numpy_helper.from_array(q, name + "q"), numpy_helper.from_array(scale.astype(np.float32),
-                                                                                            name + "s")]
+            new_inits += [numpy_helper.from_array(q.astype(ml_dtypes.int4) if bits == 4 else q, name + "q"),
+                          numpy_helper.from_array(scale.astype(np.float32), name + "s")]
             new_nodes.append(helper.make_node("DequantizeLinear", [name + "q", name + "s"], [name], axis=0))
         new_nodes.append(node)
     del g.initializer[:]
     g.initializer.extend(list(inits.values()) + new_inits)
     del g.node[:]
     g.node.extend(new_nodes)
+    if int4:  # int4 tensors need opset 21 (onnxruntime >= 1.20); the graph's other ops mean the same there
+        m.opset_import[0].version = 21
     shorten_names(m)
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, str(dst))
@@ -206,7 +213,7 @@ def main() -> None:
     fp32 = Path(args.ckpt).with_name("face_detector_fp32.onnx")
     export_fp32(model, fp32)
     dst = out / "face_detector.onnx"
-    quantize_weights(fp32, dst)
+    quantize_weights(fp32, dst, bool(cfg.get("int4")))
     # 3. PyTorch vs onnxruntime, fp32 vs int8
     image = None
     if args.image:

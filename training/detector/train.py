@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from training.detector.augment import AugConfig, SamplePool, encode_targets, make_view
 from training.detector.data import Sample, empty_sample, load_negatives, load_samples
-from training.detector.model import create_model
+from training.detector.model import create_model, grow
 from training.detector.pseudo_label import write_pseudo_labels
 from training.detector.scenes import load_folder
 from training.runconfig import parse_run_config
@@ -70,7 +70,8 @@ class TrainConfig:
     threads: int = 1  # torch intra-op threads
     limit: int = 0  # use only the first N train images (0 = all; CI uses a few)
     ckpt_every: int = 250  # steps between checkpoints
-    init: str = ""  # start from these weights: a checkpoint (.pt, its EMA) or a shipped ONNX of the same model
+    init: str = ""  # start from these weights: a checkpoint (.pt, its EMA; a smaller model is grown) or a shipped ONNX
+    int4: bool = False  # train with the convs export stores as int4 fake-quantised (all but the first and last)
     run_config: str = ""  # the run config file these values came from (set by ``--config``; export records it)
     aug: AugConfig = field(default_factory=AugConfig)
 
@@ -130,6 +131,28 @@ def make_batch(samples: SamplePool, negatives: list[Sample], cfg: TrainConfig, r
 
 
 INPUT_MEAN, INPUT_STD = 128.0, 64.0  # grey input normalisation, written to model.json by export
+
+
+def int4_weights(model: torch.nn.Module) -> list[str]:
+    """Names of the conv weights stored as int4 when a model is trained with ``int4``: every conv but the first
+    (the stem, 72 weights) and the last (the head's 1x1, whose box and landmark outputs want the precision)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    return [f"{n}.weight" for n in names[1:-1]]
+
+
+def fake_quant(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel quantisation of ``w`` to ``bits``, straight-through gradient."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = w.detach().abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True).clamp_min(1e-8) / qmax
+    return w + ((w / scale).round().clamp(-qmax, qmax) * scale - w).detach()
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor, int4: bool) -> torch.Tensor:
+    """The model's raw output; with ``int4`` its int4-stored weights fake-quantised (quantisation-aware training)."""
+    if not int4:
+        return model(x)
+    params = dict(model.named_parameters())
+    return torch.func.functional_call(model, {n: fake_quant(params[n], 4) for n in int4_weights(model)}, (x,))
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -230,7 +253,7 @@ def train(cfg: TrainConfig) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         x, t = make_batch(pool, negatives, cfg, rng, model.stride)
-        losses = detection_loss(model(x), t, cfg)
+        losses = detection_loss(forward(model, x, cfg.int4), t, cfg)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -257,7 +280,11 @@ def init_weights(model: torch.nn.Module, path: Path, x: torch.Tensor) -> None:
     with running statistics measured on ``x`` (a training batch), nearly so in training mode.
     """
     if path.suffix == ".pt":
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["ema"])
+        small = torch.load(path, map_location="cpu", weights_only=False)["ema"]
+        if {k: v.shape for k, v in small.items()} == {k: v.shape for k, v in model.state_dict().items()}:
+            model.load_state_dict(small)
+        else:  # a smaller model of the family: grow it
+            grow(model, small)
         return
     from training.compress.export import onnx_weights, unfold_bn
 
