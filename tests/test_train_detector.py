@@ -191,3 +191,17 @@ def test_int4_export_computes_what_quantisation_aware_training_trained(tmp_path:
     qat_error, fp32_error = np.abs(got - deployed(trained)).max(), np.abs(got - deployed(plain)).max()
     assert qat_error < 0.01 and qat_error < 0.2 * fp32_error, (qat_error, fp32_error)
     assert (tmp_path / "int4.onnx").stat().st_size < (tmp_path / "int8.onnx").stat().st_size
+
+
+def test_turned_subset_keeps_the_images_with_a_3_4_view() -> None:
+    from training.detector.scenes import turned_subset, yaw_ratio
+
+    frontal = [40, 40, 60, 40, 50, 52, 50, 62]  # eyes, nose, mouth: the nose midway between the eyes
+    turned = [40, 40, 60, 40, 58, 52, 55, 62]  # the nose 8 px (0.4 eye distances) towards one eye
+    assert yaw_ratio(np.array([frontal, turned], np.float32).reshape(-1, 4, 2)) == pytest.approx([0.0, 0.4])
+    labels = {"folder": "f", "max_side": 800, "images": {
+        "a.jpg": {"boxes": [[30, 25, 70, 75]], "landmarks": [frontal], "scores": [0.9], "ignore": []},
+        "b.jpg": {"boxes": [[30, 25, 70, 75]] * 2, "landmarks": [frontal, turned], "scores": [0.9, 0.8], "ignore": []},
+        "c.jpg": {"boxes": [], "landmarks": [], "scores": [], "ignore": []}}}
+    sub = turned_subset(labels, 0.3)
+    assert list(sub["images"]) == ["b.jpg"] and sub["folder"] == "f"

@@ -155,6 +155,28 @@ def forward(model: torch.nn.Module, x: torch.Tensor, int4: bool) -> torch.Tensor
     return torch.func.functional_call(model, {n: fake_quant(params[n], 4) for n in int4_weights(model)}, (x,))
 
 
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, pool: SamplePool, negatives: list[Sample], cfg: TrainConfig,
+                   stride: int, batches: int = 50) -> None:
+    """BatchNorm statistics measured anew on ``batches`` training batches, the int4 weights rounded as export will.
+
+    The EMA copies its statistics from the trained weights, and at int4 the EMA's rounded weights differ from
+    those by whole steps: with the copied statistics the exported wild9 found a third of the faces (train F1
+    0.32 against 0.77 for the trained weights). Seeded, so re-running a finished training gives the same file.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a plain average over the batches
+    model.train()
+    rng = np.random.default_rng([cfg.seed, 1])
+    for _ in tqdm(range(batches), desc="BatchNorm statistics", mininterval=10):
+        forward(model, make_batch(pool, negatives, cfg, rng, stride)[0], cfg.int4)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+
+
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """Grey 0..255 -> the network's input range."""
     return (x - INPUT_MEAN) / INPUT_STD
@@ -267,6 +289,9 @@ def train(cfg: TrainConfig) -> Path:
             save_checkpoint(ckpt_path, model, ema, opt, step, history, rng, cfg)
     bar.close()
     logger.info("done: %d steps in %.0f s this session", step, time.time() - t0)
+    if cfg.int4:
+        recalibrate_bn(ema, pool, negatives, cfg, model.stride)
+        save_checkpoint(ckpt_path, model, ema, opt, step, history, rng, cfg)
     write_curve(out, history)
     return ckpt_path
 
