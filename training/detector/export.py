@@ -6,7 +6,8 @@ Steps: EMA weights -> fold BatchNorm into the convs -> fp32 ONNX (dynamic H, W; 
 graph) -> ``onnx.checker`` -> PyTorch vs onnxruntime comparison -> int8 weight storage: every conv weight
 becomes an int8 initializer with a per-output-channel scale and a ``DequantizeLinear`` in front of the
 conv (QDQ on weights only; activations stay fp32), tensor names shortened -> onnxruntime comparison of the
-int8 file against fp32 -> ``model.json`` (input spec, decoding, sha256, training data, licence).
+int8 file against fp32 -> ``model.json`` (input spec, decoding, sha256, training data, licence). A run
+trained with ``int4`` (quantisation-aware) stores every conv but the first and the last as int4 instead.
 The shipped file must stay <= 51,200 bytes.
 """
 
@@ -18,7 +19,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import onnx
 import torch
@@ -81,7 +81,11 @@ def quantize_weights(src: Path, dst: Path, int4: bool = False) -> None:
             scale = np.maximum(np.abs(w).reshape(len(w), -1).max(1), 1e-8) / qmax
             q = np.clip(np.round(w / scale[:, None, None, None]), -qmax, qmax).astype(np.int8)
             name = node.input[1]
-            new_inits += [numpy_helper.from_array(q.astype(ml_dtypes.int4) if bits == 4 else q, name + "q"),
+            if bits == 4:
+                import ml_dtypes  # onnx >= 1.16 depends on it: its int4 arrays are what from_array packs
+
+                q = q.astype(ml_dtypes.int4)
+            new_inits += [numpy_helper.from_array(q, name + "q"),
                           numpy_helper.from_array(scale.astype(np.float32), name + "s")]
             new_nodes.append(helper.make_node("DequantizeLinear", [name + "q", name + "s"], [name], axis=0))
         new_nodes.append(node)
@@ -213,7 +217,8 @@ def main() -> None:
     fp32 = Path(args.ckpt).with_name("face_detector_fp32.onnx")
     export_fp32(model, fp32)
     dst = out / "face_detector.onnx"
-    quantize_weights(fp32, dst, bool(cfg.get("int4")))
+    int4 = bool(cfg.get("int4"))
+    quantize_weights(fp32, dst, int4)
     # 3. PyTorch vs onnxruntime, fp32 vs int8
     image = None
     if args.image:
@@ -225,7 +230,7 @@ def main() -> None:
         image = image[: image.shape[0] // 32 * 32, : image.shape[1] // 32 * 32]
     diffs = compare(model, fp32, dst, image)
     print(f"torch vs onnxruntime max |diff| {diffs['torch_vs_ort']:.2e}; "
-          f"fp32 vs int8 heatmap {diffs['fp32_vs_int8_heat']:.3f}")
+          f"fp32 vs {'int4' if int4 else 'int8'} heatmap {diffs['fp32_vs_int8_heat']:.3f}")
     if diffs["torch_vs_ort"] > 1e-3:
         raise SystemExit(f"export mismatch: torch vs onnxruntime differ by {diffs['torch_vs_ort']:.2e}")
     size = dst.stat().st_size
