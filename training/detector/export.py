@@ -93,7 +93,7 @@ def quantize_weights(src: Path, dst: Path, int4: bool = False) -> None:
     g.initializer.extend(list(inits.values()) + new_inits)
     del g.node[:]
     g.node.extend(new_nodes)
-    if int4:  # int4 tensors need opset 21 (onnxruntime >= 1.20); the graph's other ops mean the same there
+    if int4:  # int4 tensors need opset 21 (onnxruntime >= 1.19); the graph's other ops mean the same there
         m.opset_import[0].version = 21
     shorten_names(m)
     onnx.checker.check_model(m, full_check=True)

@@ -176,6 +176,8 @@ def main() -> None:
     ap.add_argument("--pad", action="store_true", help="add the padded pass (portrait sets: faces filling the photo)")
     args = ap.parse_args()
     if args.turned_from:
+        if not Path(args.turned_from).is_file():
+            ap.error(f"--turned-from {args.turned_from}: no such labels file")
         out = turned_subset(json.loads(Path(args.turned_from).read_text()), args.min_yaw)
     elif args.folder:
         out = label_folder(Path(args.folder), args.max_side, args.roll, args.face_score, args.ignore_score,
