@@ -184,6 +184,7 @@ def test_int4_export_computes_what_quantisation_aware_training_trained(tmp_path:
     kinds = [i.data_type for i in g.initializer if len(i.dims) == 4]
     assert kinds.count(onnx.TensorProto.INT4) == len(kinds) - 2  # all but the stem and the head
     got = ort_session(tmp_path / "int4.onnx", 1, {}).run(None, {"input": x.numpy()})[0]
+
     def deployed(y: torch.Tensor) -> np.ndarray:
         return torch.cat([torch.sigmoid(y[:, :1]), y[:, 1:]], 1).numpy()
 
@@ -194,11 +195,12 @@ def test_int4_export_computes_what_quantisation_aware_training_trained(tmp_path:
 
 
 def test_turned_subset_keeps_the_images_with_a_3_4_view() -> None:
-    from training.detector.scenes import turned_subset, yaw_ratio
+    from edgecam.crops import yaw
+    from training.detector.scenes import turned_subset
 
     frontal = [40, 40, 60, 40, 50, 52, 50, 62]  # eyes, nose, mouth: the nose midway between the eyes
     turned = [40, 40, 60, 40, 58, 52, 55, 62]  # the nose 8 px (0.4 eye distances) towards one eye
-    assert yaw_ratio(np.array([frontal, turned], np.float32).reshape(-1, 4, 2)) == pytest.approx([0.0, 0.4])
+    assert [yaw(np.reshape(lm, (4, 2))) for lm in (frontal, turned)] == pytest.approx([0.0, 0.4])
     labels = {"folder": "f", "max_side": 800, "images": {
         "a.jpg": {"boxes": [[30, 25, 70, 75]], "landmarks": [frontal], "scores": [0.9], "ignore": []},
         "b.jpg": {"boxes": [[30, 25, 70, 75]] * 2, "landmarks": [frontal, turned], "scores": [0.9, 0.8], "ignore": []},

@@ -71,11 +71,12 @@ def quantize_weights(src: Path, dst: Path, int4: bool = False) -> None:
     m = onnx.load(str(src))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
-    convs = [n for n in g.node if n.op_type == "Conv" and n.input[1] in inits]
+    weights = [n.input[1] for n in g.node if n.op_type == "Conv" and n.input[1] in inits]
+    int8_always = {weights[0], weights[-1]}  # the stem and the head
     new_inits, new_nodes = [], []
     for node in g.node:
-        if node in convs:
-            bits = 4 if int4 and node not in (convs[0], convs[-1]) else 8
+        if node.op_type == "Conv" and node.input[1] in inits:
+            bits = 4 if int4 and node.input[1] not in int8_always else 8
             qmax = 2 ** (bits - 1) - 1
             w = numpy_helper.to_array(inits.pop(node.input[1])).astype(np.float32)
             scale = np.maximum(np.abs(w).reshape(len(w), -1).max(1), 1e-8) / qmax

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edgecam.crops import yaw
 from edgecam.detect import nms
 from training.detector.data import Sample, two_greys
 from training.detector.pseudo_label import YUNET, yunet_detect
@@ -143,20 +144,12 @@ def load_folder(labels_path: Path, cache_dir: Path | None, face_score: float = 0
     return out
 
 
-def yaw_ratio(landmarks: np.ndarray) -> np.ndarray:
-    """How far each face (N, 4, 2 landmarks: eyes, nose, mouth) is turned: the nose's offset from the eyes' middle
-    along the eye line, in eye distances (about 0 frontal, 0.3 and more a 3/4 view)."""
-    eyes = landmarks[:, 1] - landmarks[:, 0]
-    off = landmarks[:, 2] - landmarks[:, :2].mean(1)
-    return np.abs((off * eyes).sum(1)) / np.maximum((eyes**2).sum(1), 1e-6)
-
-
 def turned_subset(labels: dict, min_yaw: float) -> dict:
-    """The images of a labels dict holding at least one face turned by ``min_yaw`` or more (``yaw_ratio``): an
-    extra source to sample 3/4 views more often than their share of the scenes."""
+    """The images of a labels dict holding at least one face turned by ``min_yaw`` or more (``edgecam.crops.yaw``,
+    the quality gate's measure: 0 frontal, 0.3 and more a 3/4 view): an extra source to sample 3/4 views more often
+    than their share of the scenes."""
     keep = {n: lab for n, lab in labels["images"].items()
-            if lab["landmarks"] and yaw_ratio(np.array(lab["landmarks"], np.float32).reshape(-1, 4, 2)).max()
-            >= min_yaw}
+            if any(yaw(np.reshape(lm, (4, 2))) >= min_yaw for lm in lab["landmarks"])}
     return labels | {"images": keep, "subset": f"a face with yaw ratio >= {min_yaw}"}
 
 

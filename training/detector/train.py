@@ -165,6 +165,7 @@ def recalibrate_bn(model: torch.nn.Module, pool: SamplePool, negatives: list[Sam
     0.32 against 0.77 for the trained weights). Seeded, so re-running a finished training gives the same file.
     """
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # a plain average over the batches
@@ -172,8 +173,8 @@ def recalibrate_bn(model: torch.nn.Module, pool: SamplePool, negatives: list[Sam
     rng = np.random.default_rng([cfg.seed, 1])
     for _ in tqdm(range(batches), desc="BatchNorm statistics", mininterval=10):
         forward(model, make_batch(pool, negatives, cfg, rng, stride)[0], cfg.int4)
-    for bn in bns:
-        bn.momentum = 0.1
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
     model.eval()
 
 
