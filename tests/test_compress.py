@@ -85,6 +85,26 @@ def test_lowrank_full_rank_is_exact_and_low_rank_is_smaller() -> None:
     assert m(x).shape == (4, 16)
 
 
+def test_grow_computes_the_same_function_with_more_parameters() -> None:
+    """train.py finetune --grow: low-rank 1x1 pairs merged into one conv, the head widened; the output is
+    unchanged, the grown net rebuilds from its config, and the new head features can learn."""
+    from training.recognizer.train import grow
+
+    torch.manual_seed(0)
+    m = FaceMobileNet(NetConfig(stem=8, blocks=((16, 2), (24, 1), (32, 2)), stem_stride=2, input_size=32, emb=16,
+                                head="lowrank", head_rank=2, pw_ranks=(0, 6, 0))).eval()
+    x = torch.randn(4, 3, 32, 32)
+    want, before = m(x), count_params(m)
+    assert len(grow(m, head_rank=3)) == 2
+    assert m.cfg.pw_ranks == (0, 0, 0) and m.cfg.head_rank == 3 and count_params(m) > before
+    assert torch.allclose(m(x), want, atol=1e-5)
+    rebuilt = FaceMobileNet(m.cfg)
+    rebuilt.load_state_dict(m.state_dict())
+    assert torch.allclose(rebuilt.eval()(x), want, atol=1e-5)
+    m(x).square().sum().backward()
+    assert m.fc.weight.grad[:, 2::3].abs().sum() > 0  # the new columns start at zero, not stuck there
+
+
 @pytest.mark.slow
 def test_distill_reduces_the_loss_and_resumes(tmp_path: Path) -> None:
     teacher, student = tiny(), tiny("gdc")

@@ -194,6 +194,19 @@ def test_int4_export_computes_what_quantisation_aware_training_trained(tmp_path:
     assert (tmp_path / "int4.onnx").stat().st_size < (tmp_path / "int8.onnx").stat().st_size
 
 
+def test_list_images_leaves_out_the_excluded_before_the_subset(tmp_path: Path) -> None:
+    """scenes --celeba-identities: the photos of held-out identities are never labelled, and a --limit subset
+    is drawn from the rest."""
+    from training.detector.scenes import list_images
+
+    for n in ("a.jpg", "b.jpg", "c.png", "d.jpg", "notes.txt"):
+        (tmp_path / n).write_bytes(b"")
+    assert list_images(tmp_path) == ["a.jpg", "b.jpg", "c.png", "d.jpg"]
+    assert list_images(tmp_path, exclude=frozenset({"b.jpg"})) == ["a.jpg", "c.png", "d.jpg"]
+    sub = list_images(tmp_path, limit=2, exclude=frozenset({"b.jpg"}))
+    assert len(sub) == 2 and "b.jpg" not in sub
+
+
 def test_turned_subset_keeps_the_images_with_a_3_4_view() -> None:
     from edgecam.crops import yaw
     from training.detector.scenes import turned_subset

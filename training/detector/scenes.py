@@ -33,9 +33,11 @@ from training.detector.pseudo_label import YUNET, yunet_detect
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
 
 
-def list_images(folder: Path, limit: int = 0, seed: int = 0) -> list[str]:
-    """Image paths under ``folder`` (relative, sorted); ``limit`` > 0 keeps a seeded random subset."""
-    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def list_images(folder: Path, limit: int = 0, seed: int = 0, exclude: frozenset[str] = frozenset()) -> list[str]:
+    """Image paths under ``folder`` (relative, sorted), but those in ``exclude``; ``limit`` > 0 keeps a seeded
+    random subset."""
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and str(p.relative_to(folder)) not in exclude)
     if limit and limit < len(names):
         keep = np.random.default_rng(seed).choice(len(names), limit, replace=False)
         names = [names[i] for i in sorted(keep)]
@@ -106,9 +108,10 @@ def _label(job: tuple[Path, int, float, float, bool]) -> dict[str, list]:
 
 def label_folder(folder: Path, max_side: int = 800, roll: float = 30.0, face_score: float = 0.6,
                  ignore_score: float = 0.3, limit: int = 0, workers: int = 2, pad: bool = False,
-                 yunet: str = YUNET) -> dict:
-    """{"max_side", "images": {name: labels}} for the images of ``folder`` (see module docstring)."""
-    names = list_images(folder, limit)
+                 yunet: str = YUNET, exclude: frozenset[str] = frozenset()) -> dict:
+    """{"max_side", "images": {name: labels}} for the images of ``folder`` (see module docstring), but those
+    named in ``exclude``."""
+    names = list_images(folder, limit, exclude=exclude)
     jobs = [(folder / n, max_side, roll, face_score, pad) for n in names]
     # spawned, not forked: a fork after torch (or OpenCV) started its thread pools can hang the worker
     with multiprocessing.get_context("spawn").Pool(workers, _init, (yunet, ignore_score)) as pool:
@@ -167,14 +170,22 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="seeded random subset of N images (default: all)")
     ap.add_argument("--workers", type=int, default=2, help="processes (default: %(default)s)")
     ap.add_argument("--pad", action="store_true", help="add the padded pass (portrait sets: faces filling the photo)")
+    ap.add_argument("--celeba-identities", help="CelebA folder: skip the photos of the recognizer's CelebA eval "
+                    "identities in this identity file (training.recognizer.data.celeba_split)")
     args = ap.parse_args()
     if args.turned_from:
         if not Path(args.turned_from).is_file():
             ap.error(f"--turned-from {args.turned_from}: no such labels file")
         out = turned_subset(json.loads(Path(args.turned_from).read_text()), args.min_yaw)
     elif args.folder:
+        exclude: frozenset[str] = frozenset()
+        if args.celeba_identities:
+            if not Path(args.celeba_identities).is_file():
+                ap.error(f"--celeba-identities {args.celeba_identities}: no such file")
+            from training.recognizer.data import celeba_split
+            exclude = frozenset(n for n, s in celeba_split(Path(args.celeba_identities)).items() if s == "eval")
         out = label_folder(Path(args.folder), args.max_side, args.roll, args.face_score, args.ignore_score,
-                           args.limit, args.workers, args.pad)
+                           args.limit, args.workers, args.pad, exclude=exclude)
     else:
         ap.error("give --folder (label it) or --turned-from (a subset of labels)")
     path = Path(args.out)

@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from training.compress.lowrank import factorize_flatten_head, factorize_model
 from training.compress.prune import prune
 from training.recognizer.data import DEFAULT_OUT, CropSet
 from training.recognizer.evaluate import evaluate
-from training.recognizer.model import FaceMobileNet, count_macs, count_params, create_model
+from training.recognizer.model import FaceMobileNet, Pointwise, count_macs, count_params, create_model
 from training.recognizer.ship import student_from_onnx
 from training.recognizer.teacher import normalize_input, sface_teacher
 
@@ -188,10 +189,12 @@ def build(args: argparse.Namespace, data: CropSet) -> nn.Module:
 
         changes = prune(model, example, calib, keep_of)  # type: ignore[arg-type]
         logger.info("pruning: %s", changes)
-    elif args.stage == "lowrank":  # ("finetune": the checkpoint's model as it is)
+    elif args.stage == "lowrank":
         lowrank_head(model, args.head_rank)
         done = factorize_model(model, energy=args.energy, min_saving=args.min_saving, skip=("fc",))
         logger.info("low-rank: %s", done)
+    elif args.grow:  # finetune: the checkpoint's model as it is, or grown
+        logger.info("grown: %s", grow(model, args.head_rank, args.seed))  # type: ignore[arg-type]
     return model
 
 
@@ -206,6 +209,43 @@ def lowrank_head(model: nn.Module, rank: int) -> None:
     model.head_spatial = nn.Sequential(dw, nn.Flatten())
     model.fc = fc
     model.cfg = replace(model.cfg, head="lowrank", head_rank=rank)
+
+
+@torch.no_grad()
+def grow(model: FaceMobileNet, head_rank: int, seed: int = 0) -> list[str]:
+    """More capacity where it costs little time, computing the same function (in place): every low-rank 1x1
+    pair merged back into one conv (their product), and a low-rank head given ``head_rank`` features per channel
+    (the new depthwise filters small and random, their columns of the linear layer zero)."""
+    done = []
+    for i, block in enumerate(model.blocks):
+        pw = cast(nn.Sequential, block.pw)
+        if isinstance(pw[1], nn.Conv2d):
+            first, second = cast(nn.Conv2d, pw[0]), pw[1]
+            full = Pointwise(first.in_channels, second.out_channels).train(pw.training)
+            product = second.weight[:, :, 0, 0] @ first.weight[:, :, 0, 0]
+            cast(nn.Conv2d, full[0]).weight.copy_(product[:, :, None, None])
+            full[1].load_state_dict(pw[2].state_dict())
+            full[2].load_state_dict(pw[3].state_dict())
+            block.pw = full
+            done.append(f"blocks.{i}.pw: rank {first.out_channels} -> full")
+    old = model.cfg.head_rank
+    if model.cfg.head == "lowrank" and head_rank > old:
+        dw_old, channels = cast(nn.Conv2d, cast(nn.Sequential, model.head_spatial)[0]), model.fc.in_features // old
+        hw = model.cfg.feat_hw
+        dw = nn.Conv2d(channels, channels * head_rank, hw, groups=channels, bias=False)
+        fc = nn.Linear(channels * head_rank, model.fc.out_features)
+        gen = torch.Generator().manual_seed(seed)
+        dw.weight.copy_(torch.randn(dw.weight.shape, generator=gen) * 0.1 * dw_old.weight.std())
+        fc.weight.zero_()
+        fc.bias.copy_(model.fc.bias)
+        for c in range(channels):
+            dw.weight[c * head_rank:c * head_rank + old] = dw_old.weight[c * old:(c + 1) * old]
+            fc.weight[:, c * head_rank:c * head_rank + old] = model.fc.weight[:, c * old:(c + 1) * old]
+        model.head_spatial = nn.Sequential(dw, nn.Flatten())
+        model.fc = fc
+        done.append(f"head: {old} -> {head_rank} features per channel")
+    model.cfg = replace(model.cfg, pw_ranks=(0,) * len(model.blocks), head_rank=max(old, head_rank))
+    return done
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -226,10 +266,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep", type=float, default=0.5, help="prune: share of channels kept (default: 0.5)")
     ap.add_argument("--keep-last", type=float, default=None,
                     help="prune: share kept in the last two blocks (default: --keep)")
-    ap.add_argument("--head-rank", type=int, default=2, help="lowrank: features per channel in the head (default: 2)")
+    ap.add_argument("--head-rank", type=int, default=2,
+                    help="lowrank (and finetune --grow): features per channel in the head (default: 2)")
     ap.add_argument("--energy", type=float, default=0.9, help="lowrank: SVD energy kept in 1x1 convs (default: 0.9)")
     ap.add_argument("--min-saving", type=float, default=0.2,
                     help="lowrank: factorise a layer only if it saves this share (default: 0.2)")
+    ap.add_argument("--grow", action="store_true",
+                    help="finetune: first merge low-rank 1x1 pairs into full convs and widen the head to --head-rank "
+                         "(the same function, more to learn with)")
     ap.add_argument("--steps", type=int, default=1000, help="optimiser steps in total (default: 1000)")
     ap.add_argument("--batch", type=int, default=48, help="batch size (default: 48)")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
