@@ -43,6 +43,24 @@ def test_stage_copies_a_set_and_records_its_source(tmp_path: Path) -> None:
     assert src["repository"] == "someone/faces" and src["commit"] == commit and src["path"] == "imgs"
 
 
+def test_video_frames_replaces_a_video_by_every_nth_frame(tmp_path: Path) -> None:
+    """A video set (LivePortrait's talking heads) is staged as JPEG frames named after the video and frame."""
+    from training.fetched import video_frames
+
+    face = cv2.resize(grace_hopper(), (160, 208))
+    video = tmp_path / "d0.mp4"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, (160, 208))
+    for k in range(10):
+        w.write(np.roll(face, 3 * k, axis=1))
+    w.release()
+    video_frames(video, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d0__f00000.jpg", "d0__f00004.jpg", "d0__f00008.jpg"]
+    assert cv2.imread(str(tmp_path / "d0__f00004.jpg")).shape == (208, 160, 3)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(RuntimeError, match="bad.mp4"):
+        video_frames(tmp_path / "bad.mp4", 4)
+
+
 def test_stage_without_a_snapshot_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from training import fetched
 

@@ -33,6 +33,7 @@ class FetchedSet:
     commit: str = "HEAD"  # a commit where the folder exists (HEAD when it still does)
     keep: Callable[[list[str]], list[str]] | None = None  # filter on the sorted file paths (None = all images)
     what: str = ""
+    frame_every: int = 0  # > 0: the set is videos; every Nth frame of each is staged as a JPEG
 
 
 def _one_per_original(paths: list[str]) -> list[str]:
@@ -64,8 +65,11 @@ SETS: dict[str, FetchedSet] = {
     "celeba": FetchedSet("karthikSingireddy/cs389-hw4", "celebA", what="CelebA aligned 89x109, images 1-10000"),
     "utkface": FetchedSet("mattans/AgeProgression", "data/UTKFace/unlabeled", what="UTKFace aligned 200x200"),
     "yaleb": FetchedSet("Uranium2/recognition", "CroppedYale", commit="55008b5", what="Extended Yale B, 38 people"),
+    "liveportrait": FetchedSet("KwaiVGI/LivePortrait", "assets/examples/driving", frame_every=4,
+                               what="talking heads turning, nodding and rolling: close 3/4 and profile views"),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".bmp"}
+VIDEO_SUFFIXES = {".mp4"}
 
 
 def mirror_dir(mirror: Path, repo: str) -> Path:
@@ -88,6 +92,25 @@ def coco_labels(gitdir: Path, commit: str) -> dict[str, str]:
             if m.isfile() and m.name.endswith(".txt")}
 
 
+def video_frames(video: Path, every: int) -> None:
+    """Replace ``video`` by every ``every``-th frame of it, ``<stem>__f<frame>.jpg`` beside it."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    k = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if k % every == 0:
+            cv2.imwrite(str(video.with_name(f"{video.stem}__f{k:05d}.jpg")), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        k += 1
+    cap.release()
+    if k == 0:
+        raise RuntimeError(f"{video}: no frame could be read")
+    video.unlink()
+
+
 def stage(name: str, mirror: Path, out_root: Path) -> Path:
     """Copy set ``name`` out of its mirror into ``out_root/name`` with a SOURCE.json; returns the folder."""
     s = SETS[name]
@@ -96,7 +119,7 @@ def stage(name: str, mirror: Path, out_root: Path) -> Path:
         raise FileNotFoundError(f"{gitdir}: no snapshot of {s.repo} (bring it with the fetch tool first)")
     commit = git(gitdir, "rev-parse", f"{s.commit}^{{commit}}").decode().strip()
     names = git(gitdir, "ls-tree", "-r", "--name-only", commit, s.path).decode().splitlines()
-    paths = sorted(p for p in names if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in names if Path(p).suffix.lower() in (VIDEO_SUFFIXES if s.frame_every else IMAGE_SUFFIXES))
     if name == "coco128_person":
         paths = _coco_person(paths, coco_labels(gitdir, commit))
     elif s.keep is not None:
@@ -109,10 +132,13 @@ def stage(name: str, mirror: Path, out_root: Path) -> Path:
         if m.name in wanted:
             dest = out / m.name[len(s.path) + 1:].replace("/", "__")
             dest.write_bytes(tar.extractfile(m).read())  # type: ignore[union-attr]
+            if s.frame_every:
+                video_frames(dest, s.frame_every)
     source = {"repository": s.repo, "commit": commit, "path": s.path, "what": s.what, "files": len(paths),
-              "names": "path under the folder with '/' -> '__'"}
+              "names": "path under the folder with '/' -> '__'" + (
+                  f"; every {s.frame_every}th frame of each video as <video>__f<frame>.jpg" if s.frame_every else "")}
     (out / "SOURCE.json").write_text(json.dumps(source, indent=1))
-    print(f"{out}: {len(paths)} images from {s.repo}@{commit[:10]}:{s.path}")
+    print(f"{out}: {len(paths)} {'videos' if s.frame_every else 'images'} from {s.repo}@{commit[:10]}:{s.path}")
     return out
 
 
