@@ -28,7 +28,7 @@ def test_realeval_tiny_subset_has_every_section_with_sane_figures(tmp_path: Path
     corridor = REPO / "edgecam/data/corridor.mp4"
     r = main(["--model", str(REPO / "edgecam/models/face_detector"), "--yunet", str(YUNET), "--clips", str(GIF),
               str(corridor), "--stride", "10", "--lfw-people", "4", "--lfw-per-person", "1", "--val-limit", "16",
-              "--roll-limit", "6", "--angles", "0,30", "--runs", "6", "--out", str(tmp_path)])
+              "--roll-limit", "6", "--angles", "0,30", "--runs", "6", "--celeba-limit", "12", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "realeval.json").read_text())
     assert set(saved) >= {"recall_vs_yunet", "large_faces", "roll", "webfaces_height", "replay_tracks", "latency_ms"}
     assert saved["seconds"] == r["seconds"]
@@ -60,6 +60,14 @@ def test_realeval_tiny_subset_has_every_section_with_sane_figures(tmp_path: Path
         assert tracks[k]["frames"] == 76 and 0 <= tracks[k]["false_tracks"] <= tracks[k]["tracks"]
     assert tracks["ours"]["tracks"] >= 1 and (tmp_path / tracks["ours"]["sheet"]).is_file()
     assert (tmp_path / "events" / "corridor.ours.jsonl").is_file()
+
+    # 7: only where the CelebA snapshot is staged (python -m training.fetched --set celeba)
+    if (REPO / "runs/data/celeba").is_dir():
+        turned = saved["turned_heads"]
+        assert turned["faces"] + turned["skipped_no_reference"] == 12 and turned["recall_all"]["YuNet"] >= 0.75
+        assert sum(turned["faces_per_bin"]) == turned["faces"] and turned["bins"][-1] == ">=45"
+    else:
+        assert "turned_heads" not in saved
 
     # 6 and the report
     assert all(np.isfinite(v) and v > 0 for v in saved["latency_ms"].values())

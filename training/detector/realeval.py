@@ -38,6 +38,12 @@ Sections (outputs under ``--out``: ``realeval.json``, ``table.md``, one PNG per 
    on more than half of the frames it was detected on. Contact sheet per clip and detector: each track's best
    snapshot with the verdict (frames on a YuNet face / detections, best score).
 6. **Latency**: median ms per 320x240 frame, single thread, detectors interleaved (``evaluate.latency``).
+7. **Turned heads**: CelebA photos (``--celeba``, staged by ``training.fetched``; skipped when absent) of the
+   recognizer's CelebA eval identities, which no detector training sees (``scenes --celeba-identities``); YuNet's
+   central face on the photo padded by its size (a face filling a photo escapes YuNet) is the truth, scaled to
+   60-160 px high in a 640x480 frame. Recall per yaw ratio (``edgecam.crops.yaw``: how far the nose sits from
+   the eyes' middle, in eye distances; 0 frontal, >= 0.45 near profile); contact sheet of the turned faces
+   (ratio >= 0.3) we miss.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edgecam.crops import TEMPLATE_112
+from edgecam.crops import TEMPLATE_112, yaw
 from edgecam.detect import nms
 from edgecam.track import greedy_match
 from training.detector.data import boxes_from_landmarks, iou, read_bgr, read_landmarks, read_split
@@ -62,7 +68,7 @@ from training.detector.evaluate import BASELINE_OPERATING, HEIGHT_BINS, Detect, 
 from training.detector.figures import contact_sheet, crop
 from training.detector.pseudo_label import YUNET, yunet_detect
 from training.detector.realeval_report import write_report
-from training.recognizer.data import lfw_people, split_people
+from training.recognizer.data import celeba_split, lfw_people, split_people
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -72,6 +78,8 @@ MATCH_RULE = ("IoU >= 0.3, or the detection's centre inside the reference box wi
               "one detection per face, greedy by IoU")
 LARGE_FRAME = (640, 480)  # w, h of the large-face frames
 LARGE_BINS = (150, 200, 250, 300, 350, 400, 481)  # face-box height bins (px) of the large-face test
+YAW_BINS = (0, 15, 30, 45, 10_000)  # yaw ratio x 100 bins of the turned-heads test
+TURNED_HEIGHT = (60, 160)  # face-box heights (px) the turned-heads test places faces at
 GREY = (128, 128, 128)
 
 Boxes = np.ndarray  # (N, 5) x1,y1,x2,y2,score
@@ -248,6 +256,41 @@ def large_faces(dets: dict[str, Detect], ref_det: cv2.FaceDetectorYN, args: argp
     res = by_bins(np.array(heights), {k: np.array(v, bool) for k, v in found.items()}, LARGE_BINS)
     return res | {"faces": len(heights), "skipped_no_reference": skipped,
                   "sheet": "sheets/large_missed.png" if missed else None}
+
+
+def turned_heads(dets: dict[str, Detect], ref_det: cv2.FaceDetectorYN, args: argparse.Namespace,
+                 out: Path) -> dict[str, Any]:
+    """Section 7: recall per yaw-ratio bin on held-out CelebA identities, and a sheet of the turned faces we miss."""
+    split = celeba_split(Path(args.celeba_identities))
+    names = sorted(n for n, s in split.items() if s == "eval" and (Path(args.celeba) / n).is_file())
+    names = names[: args.celeba_limit or None]
+    rng = np.random.default_rng(args.seed)
+    yaws: list[float] = []
+    found: dict[str, list[bool]] = {k: [] for k in DETECTORS}
+    missed, skipped = [], 0
+    for n in tqdm(names, desc="7 turned heads", mininterval=5):
+        bgr = read_bgr(Path(args.celeba) / n)
+        h, w = bgr.shape[:2]
+        padded = cv2.copyMakeBorder(bgr, h, h, w, w, cv2.BORDER_CONSTANT, value=GREY)
+        d = yunet_detect(ref_det, padded, 1.0)
+        d = d[d[:, 12] >= args.ref_score]
+        centre = np.array([1.5 * w, 1.5 * h], np.float32)
+        if len(d) == 0 or np.linalg.norm((d[:, :2] + d[:, 2:4]) / 2 - centre, axis=1).min() > min(h, w) / 2:
+            skipped += 1
+            continue
+        face = d[np.linalg.norm((d[:, :2] + d[:, 2:4]) / 2 - centre, axis=1).argmin()]
+        yaws.append(yaw(face[4:12].reshape(4, 2)))
+        frame, gt = place_face(padded, face[:4], rng.uniform(*TURNED_HEIGHT), rng)
+        for name, det in dets.items():
+            boxes = det(frame)[0]
+            found[name].append(bool(match(gt, boxes)[0][0]))
+            if name == "ours" and not found[name][-1] and yaws[-1] >= 0.3:
+                missed.append((crop(frame, gt[0], 0.5), f"{Path(n).stem} yaw {yaws[-1]:.2f}"))
+    contact_sheet(missed, out / "sheets" / "turned_missed.png", "turned faces (yaw ratio >= 0.3) ours misses",
+                  limit=args.sheet_limit)
+    res = by_bins(100 * np.array(yaws), {k: np.array(v, bool) for k, v in found.items()}, YAW_BINS)
+    return res | {"faces": len(yaws), "skipped_no_reference": skipped,
+                  "sheet": "sheets/turned_missed.png" if missed else None}
 
 
 def _draw(frame: np.ndarray, gt: np.ndarray, boxes: Boxes) -> np.ndarray:
@@ -481,6 +524,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lfw", default=str(SHARED / "data/identity/lfw"), help="LFW folder (default: %(default)s)")
     add("--lfw-people", type=int, default=100, help="section 2: eval people, 0 = all (default: %(default)s)")
     add("--lfw-per-person", type=int, default=2, help="section 2: images per person (default: %(default)s)")
+    add("--celeba", default=str(REPO / "runs/data/celeba"), help="section 7: staged CelebA photos (default: "
+        "%(default)s)")
+    add("--celeba-identities", default=str(SHARED / "data/identity/celeba_first10k_identity.txt"),
+        help="section 7: CelebA identity file (default: %(default)s)")
+    add("--celeba-limit", type=int, default=0, help="section 7: first N eval photos, 0 = all (default: all)")
     add("--webfaces", default=str(SHARED / "data/detection/webfaces"), help="WebFaces (default: %(default)s)")
     add("--val-limit", type=int, default=0, help="section 4: first N val images, 0 = all (default: all)")
     add("--roll-limit", type=int, default=250, help="section 3: labelled val images rotated (default: %(default)s)")
@@ -533,7 +581,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 6. latency per 320x240 frame, same run, single thread
     if 6 not in args.skip:
         r["latency_ms"] = timing(dets, clips[-1], args.runs)
-    # 7. JSON, PNGs, markdown
+    # 7. turned heads: held-out CelebA identities, by yaw
+    if 7 not in args.skip:
+        if Path(args.celeba).is_dir() and Path(args.celeba_identities).is_file():
+            r["turned_heads"] = turned_heads(dets, ref_det, args, out)
+        else:
+            print(f"section 7 skipped: {args.celeba} or {args.celeba_identities} absent "
+                  "(python -m training.fetched --set celeba)", flush=True)
+    # 8. JSON, PNGs, markdown
     r["seconds"] = round(time.time() - t0)
     print(write_report(r, out), flush=True)
     return r

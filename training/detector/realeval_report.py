@@ -34,13 +34,13 @@ def clips_table(s: dict[str, Any]) -> list[str]:
                            rows), "", "![recall vs YuNet](recall_vs_yunet.png)", ""]
 
 
-def bins_table(s: dict[str, Any], title: str, png: str) -> list[str]:
-    """Sections 2 and 4: recall per face-height bin and overall, one column per detector."""
+def bins_table(s: dict[str, Any], title: str, png: str, column: str = "face height px") -> list[str]:
+    """Sections 2, 4 and 7: recall per bin (face height, yaw) and overall, one column per detector."""
     names = list(s["recall"])
     rows = [[b, n, *(pct(s["recall"][k][i]) for k in names)]
             for i, (b, n) in enumerate(zip(s["bins"], s["faces_per_bin"], strict=True))]
     rows.append(["**all**", s["faces"], *(pct(s["recall_all"][k]) for k in names)])
-    return [f"## {title}", "", markdown_table(["face height px", "faces", *names], rows), "",
+    return [f"## {title}", "", markdown_table([column, "faces", *names], rows), "",
             f"![{png}]({png}.png)", ""]
 
 
@@ -79,7 +79,12 @@ def tables(r: dict[str, Any]) -> list[str]:
     if "webfaces_height" in r:
         md += bins_table(r["webfaces_height"], "4. Recall by face height, WebFaces val (upright)", "webfaces_height")
     md += tracks_table(r["replay_tracks"]) if "replay_tracks" in r else []
-    return md + (latency_table(r["latency_ms"]) if "latency_ms" in r else [])
+    md += latency_table(r["latency_ms"]) if "latency_ms" in r else []
+    if "turned_heads" in r:
+        md += bins_table(r["turned_heads"], "7. Turned heads (held-out CelebA identities, faces 60-160 px in a 640x480 "
+                         "frame), by yaw ratio x 100 (0 frontal, >= 45 near profile)", "turned_heads",
+                         column="yaw ratio x 100")
+    return md
 
 
 def plots(r: dict[str, Any], out: Path) -> None:
@@ -90,7 +95,8 @@ def plots(r: dict[str, Any], out: Path) -> None:
                      out / "recall_vs_yunet.png", "recall against YuNet (reference: YuNet >= "
                      f"{r['recall_vs_yunet']['ref_score']})", "recall")
     for key, title in (("large_faces", "large faces: recall by face height (px)"),
-                       ("webfaces_height", "WebFaces val: recall by face height (px)")):
+                       ("webfaces_height", "WebFaces val: recall by face height (px)"),
+                       ("turned_heads", "held-out CelebA identities: recall by yaw ratio x 100")):
         if key in r:
             grouped_bars(r[key]["bins"], r[key]["recall"], out / f"{key}.png", title, "recall")
     if "roll" in r:
