@@ -274,11 +274,11 @@ def turned_heads(dets: dict[str, Detect], ref_det: cv2.FaceDetectorYN, args: arg
         padded = cv2.copyMakeBorder(bgr, h, h, w, w, cv2.BORDER_CONSTANT, value=GREY)
         d = yunet_detect(ref_det, padded, 1.0)
         d = d[d[:, 12] >= args.ref_score]
-        centre = np.array([1.5 * w, 1.5 * h], np.float32)
-        if len(d) == 0 or np.linalg.norm((d[:, :2] + d[:, 2:4]) / 2 - centre, axis=1).min() > min(h, w) / 2:
+        dist = np.linalg.norm((d[:, :2] + d[:, 2:4]) / 2 - np.array([1.5 * w, 1.5 * h], np.float32), axis=1)
+        if not len(d) or dist.min() > min(h, w) / 2:  # no face of YuNet's near the photo's centre
             skipped += 1
             continue
-        face = d[np.linalg.norm((d[:, :2] + d[:, 2:4]) / 2 - centre, axis=1).argmin()]
+        face = d[dist.argmin()]
         yaws.append(yaw(face[4:12].reshape(4, 2)))
         frame, gt = place_face(padded, face[:4], rng.uniform(*TURNED_HEIGHT), rng)
         for name, det in dets.items():
