@@ -71,6 +71,17 @@ def test_stage_without_a_snapshot_exits_2_with_one_line(tmp_path: Path, capsys: 
     assert len(err.splitlines()) == 1 and "fetch tool" in err
 
 
+@pytest.mark.parametrize("flag", ["--turned-from", "--celeba-identities"])
+def test_scenes_missing_file_is_one_line_exit_2(flag: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from training.detector import scenes
+
+    with pytest.raises(SystemExit) as e:
+        scenes.main(["--folder", str(tmp_path), flag, str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o.json")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{flag} {tmp_path / 'nope.txt'}" in err[-1] and not (tmp_path / "o.json").exists()
+
+
 @pytest.mark.shared
 @pytest.mark.skipif(not YUNET.is_file(), reason=f"{YUNET} absent (shared reference models not mounted)")
 def test_label_folder_finds_upright_rolled_and_filling_faces(tmp_path: Path) -> None:

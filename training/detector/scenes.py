@@ -156,7 +156,7 @@ def turned_subset(labels: dict, min_yaw: float) -> dict:
     return labels | {"images": keep, "subset": f"a face with yaw ratio >= {min_yaw}"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", help="folder of images (searched recursively)")
     ap.add_argument("--turned-from", help="instead of labelling: keep the images of this labels JSON that hold a "
@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--pad", action="store_true", help="add the padded pass (portrait sets: faces filling the photo)")
     ap.add_argument("--celeba-identities", help="CelebA folder: skip the photos of the recognizer's CelebA eval "
                     "identities in this identity file (training.recognizer.data.celeba_split)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.turned_from:
         if not Path(args.turned_from).is_file():
             ap.error(f"--turned-from {args.turned_from}: no such labels file")
