@@ -114,11 +114,11 @@ def yunet_landmarks(model: Path) -> Landmarker:
     return run
 
 
-def detector_landmarks() -> Landmarker:
-    """Our detector (the runtime path) as a landmark function."""
+def detector_landmarks(model: str = "face_detector") -> Landmarker:
+    """Our detector (the runtime path; the shipped one, or another model folder) as a landmark function."""
     from edgecam.detect import FaceDetector
 
-    return FaceDetector()
+    return FaceDetector(model)
 
 
 def central_face(boxes: np.ndarray, landmarks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -154,7 +154,7 @@ class CropSet:
         return np.flatnonzero(ok)
 
 
-def build_crops(shared: Path, out: Path, landmarks: str, size: int = 112) -> None:
+def build_crops(shared: Path, out: Path, landmarks: str, size: int = 112, detector: str = "face_detector") -> None:
     """Write ``crops.npy`` and ``meta.json``: every WebFaces face (ground truth) and every LFW image."""
     from training.detector.data import read_landmarks
 
@@ -169,7 +169,7 @@ def build_crops(shared: Path, out: Path, landmarks: str, size: int = 112) -> Non
             crops.append(align(bgr, lm, size)[:, :, ::-1])
             _append(meta, "webfaces", f"webfaces:{name}:{k}", "train", f"{name}#{k}")
     finder = yunet_landmarks(shared / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx") \
-        if landmarks == "yunet" else detector_landmarks()
+        if landmarks == "yunet" else detector_landmarks(detector)
     people = lfw_people(shared / "data/identity/lfw")
     splits = split_people(list(people))
     missed = 0
@@ -277,7 +277,8 @@ def pair_sources(shared: Path, staged: Path, utkface: int) -> Iterator[tuple[str
         yield "utkface", f"utkface:{p.name}", "train", p.name, p, None
 
 
-def build_pairs(shared: Path, staged: Path, out: Path, utkface: int, size: int = 112) -> None:
+def build_pairs(shared: Path, staged: Path, out: Path, utkface: int, size: int = 112,
+                detector: str = "face_detector") -> None:
     """Write ``crops.npy`` (the runtime crops: aligned on our detector's landmarks), ``clean.npy`` (the same
     faces aligned on YuNet's or the ground truth's landmarks: the teacher's input) and ``meta.json``.
 
@@ -286,9 +287,8 @@ def build_pairs(shared: Path, staged: Path, out: Path, utkface: int, size: int =
     are padded by half their size first (mirrored), as a camera frame would show them. ``teacher`` then embeds
     ``clean.npy``, so the student learns the clean crop's embedding from the crop the daemon will see.
     """
-    from edgecam.detect import FaceDetector
-
-    det, yunet = FaceDetector(), yunet_landmarks(shared / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx")
+    det = detector_landmarks(detector)
+    yunet = yunet_landmarks(shared / "models/anchors/face_detection_yunet_2023mar_int8bq.onnx")
     crops, clean = [], []
     meta: dict[str, list] = {"source": [], "person": [], "split": [], "path": []}
     missed: dict[str, int] = {}
@@ -434,6 +434,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--reuse", type=Path, default=None,
                     help="teacher: an earlier pairs folder; its embeddings of the same photos are used (default: none)")
     ap.add_argument("--utkface", type=int, default=12000, help="pairs: UTKFace photos used (default: %(default)s)")
+    ap.add_argument("--detector", default="face_detector",
+                    help="crops/pairs: detector model folder whose landmarks align the runtime crops (default: the "
+                         "shipped one)")
     return ap
 
 
@@ -442,9 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.step == "crops":
-        build_crops(args.shared, args.out, args.landmarks)
+        build_crops(args.shared, args.out, args.landmarks, detector=args.detector)
     elif args.step == "pairs":
-        build_pairs(args.shared, args.staged, args.out, args.utkface)
+        build_pairs(args.shared, args.staged, args.out, args.utkface, detector=args.detector)
     elif args.step == "views":
         build_runtime_views(args.shared, args.out, args.clean)
     elif args.step in ("pack", "unpack"):
