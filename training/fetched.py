@@ -66,7 +66,7 @@ SETS: dict[str, FetchedSet] = {
     "utkface": FetchedSet("mattans/AgeProgression", "data/UTKFace/unlabeled", what="UTKFace aligned 200x200"),
     "yaleb": FetchedSet("Uranium2/recognition", "CroppedYale", commit="55008b5", what="Extended Yale B, 38 people"),
     "liveportrait": FetchedSet("KwaiVGI/LivePortrait", "assets/examples/driving", frame_every=4,
-                               what="talking heads turning, nodding and rolling: close 3/4 and profile views"),
+                               what="talking heads of 12 people, close and mostly frontal, moving and making faces"),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".pgm", ".bmp"}
 VIDEO_SUFFIXES = {".mp4"}
