@@ -204,15 +204,17 @@ def lfw_eval_images(root: Path, people: int, per_person: int, seed: int) -> list
     return paths
 
 
-def central_face(ref_det: cv2.FaceDetectorYN, bgr: np.ndarray, min_score: float) -> np.ndarray | None:
-    """YuNet's face (4,) nearest the image centre, scoring >= ``min_score`` and centred within a quarter side."""
-    d = yunet_faces(ref_det, bgr)
-    d = d[d[:, 4] >= min_score]
+def central_face(ref_det: cv2.FaceDetectorYN, bgr: np.ndarray, min_score: float,
+                 within: float | None = None) -> np.ndarray | None:
+    """YuNet's face nearest the image centre (13,: box, 4 landmarks, score), scoring >= ``min_score`` and centred
+    within ``within`` px (default: a quarter of the image height)."""
+    d = yunet_detect(ref_det, bgr, 1.0)
+    d = d[d[:, 12] >= min_score]
     if len(d) == 0:
         return None
     centre = np.array(bgr.shape[1::-1], np.float32) / 2
     dist = np.linalg.norm((d[:, :2] + d[:, 2:4]) / 2 - centre, axis=1)
-    return d[dist.argmin(), :4] if dist.min() < bgr.shape[0] / 4 else None
+    return d[dist.argmin()] if dist.min() < (bgr.shape[0] / 4 if within is None else within) else None
 
 
 def place_face(bgr: np.ndarray, box: np.ndarray, height: float, rng: np.random.Generator,
@@ -240,10 +242,11 @@ def large_faces(dets: dict[str, Detect], ref_det: cv2.FaceDetectorYN, args: argp
     for path in tqdm(lfw_eval_images(Path(args.lfw), args.lfw_people, args.lfw_per_person, args.seed),
                      desc="2 large faces", mininterval=5):
         bgr = read_bgr(path)
-        box = central_face(ref_det, bgr, args.ref_score)
-        if box is None:
+        face = central_face(ref_det, bgr, args.ref_score)
+        if face is None:
             skipped += 1
             continue
+        box = face[:4]
         frame, gt = place_face(bgr, box, rng.uniform(LARGE_BINS[0], LARGE_FRAME[1]), rng)
         heights.append(float(gt[0, 3] - gt[0, 1]))
         for name, det in dets.items():
@@ -272,13 +275,10 @@ def turned_heads(dets: dict[str, Detect], ref_det: cv2.FaceDetectorYN, args: arg
         bgr = read_bgr(Path(args.celeba) / n)
         h, w = bgr.shape[:2]
         padded = cv2.copyMakeBorder(bgr, h, h, w, w, cv2.BORDER_CONSTANT, value=GREY)
-        d = yunet_detect(ref_det, padded, 1.0)
-        d = d[d[:, 12] >= args.ref_score]
-        dist = np.linalg.norm((d[:, :2] + d[:, 2:4]) / 2 - np.array([1.5 * w, 1.5 * h], np.float32), axis=1)
-        if not len(d) or dist.min() > min(h, w) / 2:  # no face of YuNet's near the photo's centre
+        face = central_face(ref_det, padded, args.ref_score, within=min(h, w) / 2)
+        if face is None:
             skipped += 1
             continue
-        face = d[dist.argmin()]
         yaws.append(yaw(face[4:12].reshape(4, 2)))
         frame, gt = place_face(padded, face[:4], rng.uniform(*TURNED_HEIGHT), rng)
         for name, det in dets.items():

@@ -36,8 +36,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
 def list_images(folder: Path, limit: int = 0, seed: int = 0, exclude: frozenset[str] = frozenset()) -> list[str]:
     """Image paths under ``folder`` (relative, sorted), but those in ``exclude``; ``limit`` > 0 keeps a seeded
     random subset."""
-    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and str(p.relative_to(folder)) not in exclude)
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    names = [n for n in names if n not in exclude]
     if limit and limit < len(names):
         keep = np.random.default_rng(seed).choice(len(names), limit, replace=False)
         names = [names[i] for i in sorted(keep)]

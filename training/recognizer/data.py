@@ -220,7 +220,6 @@ def build_runtime_views(shared: Path, out: Path, clean: Path | None) -> None:
       the same image aligned on YuNet's landmarks (``clean``: a crop folder made with ``--landmarks yunet``)
       instead of our detector's, when that folder has the image.
     """
-    from edgecam.detect import FaceDetector
     from training.detector.data import read_landmarks
 
     meta = json.loads((out / "meta.json").read_text())
@@ -233,7 +232,7 @@ def build_runtime_views(shared: Path, out: Path, clean: Path | None) -> None:
             if s == "lfw" and p in where:
                 targets[i] = cteach[where[p]]
     index_of = {p: i for i, p in enumerate(meta["path"])}
-    det = FaceDetector()
+    det = detector_landmarks()
     web = shared / "data/detection/webfaces"
     crops, index = [], []
     for name, lms in tqdm(sorted(read_landmarks(web).items()), desc="detector views"):
