@@ -55,7 +55,8 @@ recognizer-pairs: setup-train
 
 # The detector: stage the fetched scene/portrait sets (needs their snapshots from the fetch tool), label them with
 # YuNet, fine-tune the m3 detector (taken from git history) with wild.yaml, wild2.yaml and wild4.yaml, mine hard
-# negatives with wild4, then wild5.yaml and wild6.yaml, export (~4 h on 2 cores).
+# negatives with wild4, then wild5.yaml and wild6.yaml; label the portrait sets' turned faces, then wild13b.yaml
+# and wild13c.yaml, export (~6 h on 2 cores).
 M3_COMMIT := 42157e7
 detector: setup-train
 	mkdir -p runs/detector
@@ -71,7 +72,11 @@ detector: setup-train
 		runs/detector/labels/coco128_person.json runs/detector/labels/rwmfd.json
 	$(BIN)/python -m training.detector.train --config training/detector/configs/wild5.yaml $(ARGS)
 	$(BIN)/python -m training.detector.train --config training/detector/configs/wild6.yaml $(ARGS)
-	$(BIN)/python -m training.detector.export runs/detector/wild6/ckpt.pt
+	$(BIN)/python -m training.fetched --set celeba --set liveportrait
+	PYTHON=$(BIN)/python bash training/detector/configs/label_turned.sh
+	$(BIN)/python -m training.detector.train --config training/detector/configs/wild13b.yaml $(ARGS)
+	$(BIN)/python -m training.detector.train --config training/detector/configs/wild13c.yaml $(ARGS)
+	$(BIN)/python -m training.detector.export runs/detector/wild13c/ckpt.pt
 
 orl: setup-train
 	$(BIN)/python -m training.recognizer.orl --config training/recognizer/configs/orl.yaml $(ARGS)

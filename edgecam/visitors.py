@@ -46,7 +46,7 @@ DEFAULT_THRESHOLD = 0.625
 or more on the calibration people (LFW calib, the 500 CelebA eval identities that also calibrate the recognizer's
 thresholds, the calibration half of lfw_few), measured with ``python -m training.recognizer.visitors_eval`` for the
 recognizer ``DEFAULT_THRESHOLD_MODEL``."""
-DEFAULT_THRESHOLD_MODEL = "70dfd3727a6952d7ae3381ed93b2a35c49f9996d71671e4f6362132fa67b691e"
+DEFAULT_THRESHOLD_MODEL = "54aa0387e87d60bbeac9800f903a091fb1239ee2685b563f5075b05d609871a5"
 """sha256 of the recognizer model ``DEFAULT_THRESHOLD`` was calibrated for (the shipped ``face_recognizer``)."""
 STORE_FILE = "visitors.db"
 """The store's file name in the state directory."""

@@ -189,9 +189,9 @@ def manifest(onnx_name: str, sha: str, train_cfg: dict[str, Any], fp32_bytes: in
                      "config": train_cfg.get("run_config", "")},
         "training_data": "Caltech 10k WebFaces train split (6,383 images, landmarks -> boxes) + YuNet pseudo-labels "
                          "for unlabelled faces + 91 face-free negatives (SUN/Hays, scikit-image)"
-                         + ("; YuNet-labelled scene and portrait folders staged by training.fetched (worksite, "
-                            "SHWD street/site, COCO128 people, masked faces, LFW-few, UTKFace: see training.extra)"
-                            if train_cfg.get("extra") else ""),
+                         + ("; YuNet-labelled scene, portrait and video-frame folders staged by training.fetched "
+                            "and hard negatives mined from the model's own detections (sources and weights: "
+                            "training.extra)" if train_cfg.get("extra") else ""),
         "license": "Apache-2.0 (weights trained from scratch by edgecam; training images are research-only)",
         "metrics": {},
     }

@@ -6,7 +6,8 @@ Rows: teacher (SFace, the int8bq file and its fp32 re-export), student trained o
 (from scratch), SFace-s2 + KD (teacher weights, stride-2 stem), + structured pruning, + low-rank, + more
 distillation on detector-aligned crops (stages whose checkpoint is gone are skipped), the stop-9 shipped file
 (``runs/recognizer/stop9.onnx``, see ``configs/pairs.yaml``), + KD on 3x the faces as the detector crops them
-(``pairs``), on 4x (``pairs_all``), on the shipped detector's crops (``pairs_w6``) and once more, + int8 static
+(``pairs``), on 4x (``pairs_all``), on the wild6 detector's crops (``pairs_w6``) and once more, on the shipped
+wild13c detector's crops (``pairs_w13c``), + int8 static
 (int8 weights and activations, onnxruntime's integer kernels), + int8 weights (the shipped file: int8 weights
 folded to fp32 at load), and the option not shipped:
 mirror fusion (the shipped float model embedding the crop and its mirror in one graph). Columns: parameters,
@@ -81,8 +82,9 @@ STAGES = [
     Stage("stop 9 shipped (int8 weights)", onnx=RUNS / "stop9.onnx", spec=INPUT_SPEC, rebuild=True),
     Stage("+ KD on 3x the faces, as the detector crops them", ckpt=RUNS / "pairs_ft/ckpt.pt"),
     Stage("+ KD on every UTKFace photo (4x the faces)", ckpt=RUNS / "pairs_all_ft/ckpt.pt"),
-    Stage("+ KD on the shipped detector's crops (wild6)", ckpt=RUNS / "pairs_w6_ft/ckpt.pt"),
+    Stage("+ KD on the wild6 detector's crops", ckpt=RUNS / "pairs_w6_ft/ckpt.pt"),
     Stage("+ KD on the same crops once more", ckpt=RUNS / "pairs_w6_ft2/ckpt.pt"),
+    Stage("+ KD on the shipped detector's crops (wild13c)", ckpt=RUNS / "pairs_w13c_ft/ckpt.pt"),
     Stage("+ int8 static (weights + activations)", onnx=RUNS / "ship/int8_static/face_recognizer.onnx",
           spec=INPUT_SPEC),
     Stage("+ int8 weights (shipped)", onnx=MODEL_DIR / "face_recognizer.onnx", spec=INPUT_SPEC),
