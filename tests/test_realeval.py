@@ -75,3 +75,15 @@ def test_realeval_tiny_subset_has_every_section_with_sane_figures(tmp_path: Path
     assert all(f"## {i}." in md for i in range(1, 7))
     assert all((tmp_path / f"{p}.png").is_file() for p in ("recall_vs_yunet", "large_faces", "roll",
                                                            "webfaces_height", "replay_tracks"))
+
+
+def test_realeval_replays_at_another_track_gate(tmp_path: Path) -> None:
+    from training.detector.realeval import main
+
+    corridor = REPO / "edgecam/data/corridor.mp4"
+    args = ["--yunet", str(YUNET), "--clips", str(corridor), "--skip", "1,2,3,4,6,7", "--replay-detectors", "ours"]
+    gated = main([*args, "--confirm-score", "1.0", "--out", str(tmp_path / "gated")])["replay_tracks"]["total"]
+    assert gated["ours"]["tracks"] == 0  # no detection scores 1.0: no track is confirmed
+    events = (tmp_path / "gated/events/corridor.ours.jsonl").read_text()
+    assert '"type": "new"' not in events
+    assert main([*args, "--out", str(tmp_path / "default")])["replay_tracks"]["total"]["ours"]["tracks"] >= 3

@@ -447,14 +447,17 @@ def yunet_near(det: cv2.FaceDetectorYN, min_score: float) -> Callable[[np.ndarra
     return label
 
 
-def replay_clip(video: Path, model: str, detector: Any, recorder: TrackRecorder, events: Path) -> dict[str, Any]:
-    """The daemon pipeline on ``video`` (default config, ``detector.model`` = ``model``; ``detector`` None: loaded
-    from the config as the daemon does), events to ``events``; the app's stats."""
+def replay_clip(video: Path, model: str, detector: Any, recorder: TrackRecorder, events: Path,
+                confirm_score: float | None = None) -> dict[str, Any]:
+    """The daemon pipeline on ``video`` (default config, ``detector.model`` = ``model``, ``tracker.confirm_score``
+    when given; ``detector`` None: loaded from the config as the daemon does), events to ``events``; the app's
+    stats."""
     from edgecam.app import App, run_app
     from edgecam.config import parse_config
 
+    tracker = {} if confirm_score is None else {"confirm_score": confirm_score}
     cfg = parse_config({"camera": {"source": {"type": "replay", "path": str(video), "speed": "max"}},
-                        "detector": {"model": model}})
+                        "detector": {"model": model}, "tracker": tracker})
     events.parent.mkdir(parents=True, exist_ok=True)
     try:
         return run_app(App(cfg, events_path=events, stdout=io.StringIO(), detector=detector, show=recorder))
@@ -474,7 +477,8 @@ def replay_tracks(clips: list[Path], ref_det: cv2.FaceDetectorYN, args: argparse
         label, row = yunet_near(ref_det, args.label_score), {"clip": clip.name}
         for name in args.replay_detectors:
             rec, t0 = TrackRecorder(label), time.time()
-            stats = replay_clip(clip, args.model, make[name](), rec, out / "events" / f"{clip.stem}.{name}.jsonl")
+            stats = replay_clip(clip, args.model, make[name](), rec, out / "events" / f"{clip.stem}.{name}.jsonl",
+                                args.confirm_score)
             tracks = rec.tracks()
             items = [(rec.picture(t["id"]), f"{t['id'][-5:]} {'face' if t['face'] else 'NOT A FACE'}\n"
                       f"{t['on_yunet_face']}/{t['detections']} max {t['detection_max']:.2f}") for t in tracks]
@@ -537,6 +541,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--replay-detectors", type=lambda s: s.split(","), default=list(DETECTORS),
         help="section 5: detectors run in the pipeline (default: ours,YuNet,Haar)")
     add("--label-score", type=float, default=0.5, help="section 5: YuNet score of a face (default: %(default)s)")
+    add("--confirm-score", type=float, help="section 5: the tracker's confirm_score (default: the daemon's)")
     add("--runs", type=int, default=300, help="section 6: latency runs per detector (default: %(default)s)")
     add("--skip", type=lambda s: {int(x) for x in s.split(",") if x}, default=set(),
         help="section numbers to leave out, e.g. 5,6 (default: none)")
