@@ -45,7 +45,7 @@ recognizer: setup-train
 	$(BIN)/python -m training.recognizer.chain --config training/recognizer/configs/recognizer.yaml $(ARGS)
 
 # The shipped recognizer since stop 10: the stop-9 file (recognizer's chain) distilled on 3x the faces as the shipped
-# detector crops them (training/recognizer/configs/pairs.yaml; ~2 h on 2 cores).
+# detector crops them (training/recognizer/configs/pairs.yaml; ~3 h on 2 cores).
 RECOGNIZER_STOP9 := 5d4fedb
 recognizer-pairs: setup-train
 	mkdir -p runs/recognizer
