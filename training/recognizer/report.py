@@ -7,9 +7,8 @@ Rows: teacher (SFace, the int8bq file and its fp32 re-export), student trained o
 distillation on detector-aligned crops (stages whose checkpoint is gone are skipped), the stop-9 shipped file
 (``runs/recognizer/stop9.onnx``, see ``configs/pairs.yaml``), + KD on 3x the faces as the detector crops them
 (``pairs``), on 4x (``pairs_all``), on the wild6 detector's crops (``pairs_w6``) and once more, on the shipped
-wild13c detector's crops (``pairs_w13c``), + int8 static
-(int8 weights and activations, onnxruntime's integer kernels), + int8 weights (the shipped file: int8 weights
-folded to fp32 at load), and the option not shipped:
+wild13c detector's crops (``pairs_w13c``), + int8 static (int8 weights and activations, onnxruntime's integer
+kernels), + int8 weights (the shipped file: int8 weights folded to fp32 at load), and the option not shipped:
 mirror fusion (the shipped float model embedding the crop and its mirror in one graph). Columns: parameters,
 MACs per crop, ONNX file size, zipped and Huffman-coded weight size, LFW 10-fold verification accuracy and
 open-set identification rate at 1 % FAR on the held-out eval people (protocol: ``evaluate``), and
