@@ -161,6 +161,64 @@ def test_grow_embeds_a_smaller_model_exactly() -> None:
         grow(create_model("tinyface_m"), big.state_dict())
 
 
+def test_grow_spreads_a_grey_stem_over_bgr_so_a_colour_frame_gives_what_its_grey_gave() -> None:
+    from training.detector.model import GREY_FROM_BGR, create_model, grow
+
+    torch.manual_seed(0)
+    grey = create_model("tinyface_xs")
+    grey.train()(torch.randn(4, 1, 64, 64))  # non-trivial BatchNorm statistics
+    colour = create_model("tinyface_xs", in_chans=3)
+    grow(colour, grey.state_dict())
+    bgr = torch.rand(2, 3, 64, 96) * 255
+    as_grey = (bgr * torch.tensor(GREY_FROM_BGR).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    with torch.no_grad():  # normalised as training does: (pixel - 128) / 64 on every channel
+        assert (colour.eval()((bgr - 128) / 64) - grey.eval()((as_grey - 128) / 64)).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+@needs_webfaces
+def test_colour_run_trains_on_bgr_crops_and_exports_a_bgr_model(tmp_path: Path) -> None:
+    import json
+
+    import cv2
+
+    from edgecam.detect import FaceDetector
+    from edgecam.manifest import sha256_file
+    from training.detector import export
+    from training.detector.augment import AugConfig
+    from training.detector.train import TrainConfig, train
+
+    cfg = TrainConfig(data=str(WEBFACES), negatives="", pseudo="", out=str(tmp_path / "run"), cache="",
+                      model="tinyface_xs", colour=True, iters=6, batch=4, warmup=2, limit=4,
+                      aug=AugConfig(size=64, grey_p=0.3, tint_p=0.5))
+    model, saved = export.load_trained(train(cfg))
+    assert export.in_channels(model) == 3 and saved["colour"]
+    model = export.fold_bn(model)
+    export.export_fp32(model, tmp_path / "fp32.onnx", size=(64, 96))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    export.quantize_weights(tmp_path / "fp32.onnx", folder / "face_detector.onnx")
+    image = cv2.imread(str(next((WEBFACES / "images").iterdir())))[:64, :96]
+    assert export.compare(model, tmp_path / "fp32.onnx", folder / "face_detector.onnx", image)["torch_vs_ort"] < 1e-4
+    spec = export.manifest("face_detector.onnx", sha256_file(folder / "face_detector.onnx"), saved, 0, 0)
+    assert spec["input"]["color"] == "bgr"
+    (folder / "model.json").write_text(json.dumps(spec))
+    boxes, _ = FaceDetector(folder)(image)  # the runtime feeds it BGR
+    assert boxes.shape[1] == 5
+
+
+def test_colour_views_are_grey_ir_or_bgr_as_configured() -> None:
+    from training.detector.augment import AugConfig, SamplePool, make_view
+    from training.detector.data import empty_sample, stored
+
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    pool = SamplePool([[empty_sample(stored(bgr, colour=True))]], [1.0])
+    for grey_p, dims in ((1.0, {2}), (0.0, {3}), (0.5, {2, 3})):
+        cfg = AugConfig(size=64, ir_p=0.0, grey_p=grey_p, tint_p=0.5, mosaic_p=0.3)
+        assert {make_view(pool, [], cfg, rng).image.ndim for _ in range(30)} == dims
+
+
 def test_int4_export_computes_what_quantisation_aware_training_trained(tmp_path: Path) -> None:
     import onnx
 

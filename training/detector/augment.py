@@ -3,7 +3,8 @@
 Every view is one affine warp of the source image straight into the training crop: scale jitter that sets
 a chosen face to a log-uniform size, a small rotation, a horizontal flip (which swaps the eye landmarks),
 and a random placement. Mosaics put four small views into one crop to make small faces. Photometric
-noise: brightness/contrast, gamma, the IR-like grey channel, blur, sensor noise, JPEG artefacts.
+noise: brightness/contrast, gamma, the IR-like grey channel, blur, sensor noise, JPEG artefacts. A colour
+model's crops (BGR samples) are also shown grey or IR-like, or with another white balance and saturation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from training.detector.data import Sample
+from training.detector.data import Sample, ir_grey
 
 FLIP_ORDER = [1, 0, 2, 3]  # after a mirror the image-left eye is the old image-right eye
 
@@ -34,6 +35,8 @@ class AugConfig:
     roll_max: float = 45.0  # widest roll of those views (degrees)
     flip_p: float = 0.5
     ir_p: float = 0.2  # share of views from the IR-like grey channel
+    grey_p: float = 0.0  # colour models: share of crops shown in plain grey (grey cameras, scans)
+    tint_p: float = 0.0  # colour models: share of the colour crops given a white-balance cast and a saturation change
     blur_p: float = 0.2
     noise_p: float = 0.2
     jpeg_p: float = 0.25
@@ -47,7 +50,7 @@ class AugConfig:
 class View:
     """A warped crop and its labels (columns as in ``Sample``)."""
 
-    image: np.ndarray  # (S, S) uint8
+    image: np.ndarray  # (S, S) uint8, or (S, S, 3) BGR
     boxes: np.ndarray  # (K, 4) x1,y1,x2,y2
     landmarks: np.ndarray  # (K, 4, 2)
     lm_weight: np.ndarray  # (K,)
@@ -87,11 +90,13 @@ def _map_boxes(boxes: np.ndarray, m: np.ndarray, scale: float) -> np.ndarray:
 
 
 def background(negatives: list[Sample], size: int, rng: np.random.Generator) -> np.ndarray | None:
-    """A random ``size`` x ``size`` grey patch of a face-free image (None when there are none)."""
+    """A random ``size`` x ``size`` patch of a face-free image, grey or BGR as the samples are (None when there
+    are none)."""
     if not negatives:
         return None
-    img = negatives[rng.integers(len(negatives))].image[:, :, 0]
-    h, w = img.shape
+    img = negatives[rng.integers(len(negatives))].image
+    img = img if img.shape[2] == 3 else img[:, :, 0]
+    h, w = img.shape[:2]
     side = int(min(h, w) * rng.uniform(0.2, 1.0))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     return cv2.resize(img[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
@@ -116,13 +121,14 @@ def random_view(s: Sample, size: int, cfg: AugConfig, rng: np.random.Generator, 
     angle = rng.uniform(-cfg.roll_max, cfg.roll_max) if rng.random() < cfg.roll_p else rng.normal(0, cfg.rotate_deg)
     m = _affine(centre, scale, angle, flip, target)
     chan = int(rng.random() < cfg.ir_p)
-    src = np.ascontiguousarray(s.image[:, :, chan])
+    src = s.image if s.image.shape[2] == 3 else np.ascontiguousarray(s.image[:, :, chan])
     if bg is not None:
         img = bg.copy()
         cv2.warpAffine(src, m, (size, size), dst=img, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
     else:
+        flat = int(rng.integers(0, 256))
         img = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                             borderValue=int(rng.integers(0, 256)))
+                             borderValue=(flat, flat, flat))
     lms = (s.landmarks @ m[:, :2].T + m[:, 2]).astype(np.float32)
     if flip:
         lms = lms[:, FLIP_ORDER]
@@ -172,7 +178,7 @@ def mosaic(samples: list[Sample], size: int, cfg: AugConfig, rng: np.random.Gene
            negatives: list[Sample] | None = None) -> View:
     """Four half-size views in a 2x2 grid (small faces)."""
     half = size // 2
-    img = np.zeros((size, size), np.uint8)
+    img = np.zeros((size, size, 3) if samples[0].image.shape[2] == 3 else (size, size), np.uint8)
     parts = []
     for k, s in enumerate(samples[:4]):
         bg = background(negatives or [], half, rng) if rng.random() < cfg.background_p else None
@@ -185,8 +191,25 @@ def mosaic(samples: list[Sample], size: int, cfg: AugConfig, rng: np.random.Gene
                        ("boxes", "landmarks", "lm_weight", "peak", "ignore")))
 
 
+def colour_view(bgr: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np.ndarray:
+    """A colour crop as a camera may give it: the IR-like grey (``ir_p``), plain grey (``grey_p``; both (S, S)),
+    else BGR, on ``tint_p`` of them with each channel's gain and the saturation changed (lamp light, white
+    balance)."""
+    r = rng.random()
+    if r < cfg.ir_p:
+        return ir_grey(bgr)
+    if r < cfg.ir_p + cfg.grey_p:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    if rng.random() >= cfg.tint_p:
+        return bgr
+    x = bgr.astype(np.float32)
+    grey = cv2.cvtColor(x, cv2.COLOR_BGR2GRAY)[:, :, None]
+    x = (grey + (x - grey) * rng.uniform(0.3, 1.6)) * np.exp(rng.normal(0.0, 0.25, 3)).astype(np.float32)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
 def photometric(img: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np.ndarray:
-    """Brightness/contrast, gamma, blur, noise and JPEG artefacts on a grey uint8 crop."""
+    """Brightness/contrast, gamma, blur, noise and JPEG artefacts on a grey or BGR uint8 crop."""
     x: np.ndarray = img.astype(np.float32)  # float32, float64 once noise is added
     x = (x - 128.0) * rng.uniform(0.5, 1.5) + 128.0 + rng.uniform(-40, 40)
     x = np.clip(x, 0, 255)
@@ -201,7 +224,7 @@ def photometric(img: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np
     out = np.clip(x, 0, 255).astype(np.uint8)
     if rng.random() < cfg.jpeg_p:
         ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 75))])
-        dec = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE) if ok else None
+        dec = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED) if ok else None
         out = out if dec is None else dec
     return out
 
@@ -221,7 +244,8 @@ class SamplePool:
 
 
 def make_view(samples: SamplePool, negatives: list[Sample], cfg: AugConfig, rng: np.random.Generator) -> View:
-    """One training crop: a mosaic, a negative view or a plain view, then photometric noise."""
+    """One training crop: a mosaic, a negative view or a plain view, then (colour) ``colour_view`` and
+    photometric noise."""
     if rng.random() < cfg.mosaic_p:
         pool = [negatives[rng.integers(len(negatives))] if negatives and rng.random() < cfg.negative_p
                 else samples.pick(rng) for _ in range(4)]
@@ -233,6 +257,8 @@ def make_view(samples: SamplePool, negatives: list[Sample], cfg: AugConfig, rng:
         v = random_view(samples.pick(rng), cfg.size, cfg, rng, cfg.face_max, bg)
         if rng.random() < cfg.yaw_p:
             v = squeeze(v, rng, cfg.yaw_min)
+    if v.image.ndim == 3:
+        v.image = colour_view(v.image, cfg, rng)
     v.image = photometric(v.image, cfg, rng)
     return v
 

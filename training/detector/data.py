@@ -8,10 +8,10 @@ rotation ignored). That box is the median YuNet box over 564 matched train faces
 frame (x 17.5..93.7, y 10.2..111.7), so our boxes and YuNet's share a convention.
 
 A sample is a dict: ``image`` (H, W, 2) uint8 (channel 0 the standard grey, channel 1 an IR-like grey
-that weights the red channel), ``boxes`` (K, 4) x1,y1,x2,y2, ``landmarks`` (K, 4, 2), ``lm_weight`` (K,)
-(0 where the landmarks are unknown), ``peak`` (K,) the heatmap target at the face centre (1 for a labelled
-face; a pseudo-labelled face may carry the teacher's score), ``ignore`` (M, 4) x1,y1,x2,y2 boxes where no loss
-pushes the score down.
+that weights the red channel; for a colour model (H, W, 3) BGR), ``boxes`` (K, 4) x1,y1,x2,y2, ``landmarks``
+(K, 4, 2), ``lm_weight`` (K,) (0 where the landmarks are unknown), ``peak`` (K,) the heatmap target at the face
+centre (1 for a labelled face; a pseudo-labelled face may carry the teacher's score), ``ignore`` (M, 4)
+x1,y1,x2,y2 boxes where no loss pushes the score down.
 """
 
 from __future__ import annotations
@@ -77,14 +77,30 @@ def read_split(root: Path, split: str) -> list[str]:
     return [s.strip() for s in (root / f"{split}.txt").read_text().splitlines() if s.strip()]
 
 
+def ir_grey(bgr: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 IR-like grey of a BGR image: skin bright, mostly the red channel."""
+    b, g, r = (bgr[:, :, i].astype(np.float32) for i in range(3))
+    return np.clip(0.75 * r + 0.2 * g + 0.05 * b, 0, 255).astype(np.uint8)
+
+
 def two_greys(bgr: np.ndarray) -> np.ndarray:
-    """(H, W, 2) uint8: standard grey and an IR-like grey (skin bright: mostly the red channel)."""
+    """(H, W, 2) uint8: standard grey and an IR-like grey (``ir_grey``)."""
     if bgr.ndim == 2:
         return np.dstack([bgr, bgr])
-    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    b, g, r = (bgr[:, :, i].astype(np.float32) for i in range(3))
-    ir = np.clip(0.75 * r + 0.2 * g + 0.05 * b, 0, 255).astype(np.uint8)
-    return np.dstack([grey, ir])
+    return np.dstack([cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), ir_grey(bgr)])
+
+
+def stored(bgr: np.ndarray, colour: bool) -> np.ndarray:
+    """An image as a sample holds it: BGR (H, W, 3) for a colour model (a grey image repeated), else
+    ``two_greys``."""
+    if not colour:
+        return two_greys(bgr)
+    return cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR) if bgr.ndim == 2 else bgr
+
+
+def cache_name(stem: str, count: int, colour: bool) -> str:
+    """File name of a decoded-image cache: colour and grey samples are cached apart."""
+    return f"{stem}_{count}{'_bgr' if colour else ''}.npz"
 
 
 def read_bgr(path: Path) -> np.ndarray:
@@ -95,13 +111,14 @@ def read_bgr(path: Path) -> np.ndarray:
     return bgr
 
 
-def load_images(folder: Path, names: list[str], cache: Path | None = None) -> list[np.ndarray]:
-    """Decode images as (H, W, 2) two-grey arrays, cached in one ``.npz`` when ``cache`` is given."""
+def load_images(folder: Path, names: list[str], cache: Path | None = None, colour: bool = False
+                ) -> list[np.ndarray]:
+    """Decode images as ``stored`` arrays, cached in one ``.npz`` when ``cache`` is given."""
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             if list(z["names"]) == names:
                 return [z[f"i{i}"] for i in range(len(names))]
-    images = [two_greys(read_bgr(folder / n)) for n in names]
+    images = [stored(read_bgr(folder / n), colour) for n in names]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         # Any, not np.ndarray: mypy checks a ** dict against savez's allow_pickle: bool too
@@ -114,7 +131,7 @@ def load_images(folder: Path, names: list[str], cache: Path | None = None) -> li
 class Sample:
     """One labelled image (see module docstring for the arrays)."""
 
-    image: np.ndarray  # (H, W, 2) uint8
+    image: np.ndarray  # (H, W, 2) uint8, or (H, W, 3) BGR
     boxes: np.ndarray  # (K, 4) x1,y1,x2,y2
     landmarks: np.ndarray  # (K, 4, 2)
     lm_weight: np.ndarray  # (K,)
@@ -129,13 +146,13 @@ def empty_sample(image: np.ndarray) -> Sample:
 
 
 def load_samples(root: Path, split: str, cache_dir: Path | None, pseudo: Path | None = None,
-                 limit: int | None = None, soft_pseudo: bool = False) -> list[Sample]:
+                 limit: int | None = None, soft_pseudo: bool = False, colour: bool = False) -> list[Sample]:
     """WebFaces samples of a split; with ``pseudo`` (a JSON from ``pseudo_label.py``) extra faces and ignores,
     whose heatmap target is the teacher's score when ``soft_pseudo`` (else 1)."""
     names = read_split(root, split)[:limit]
     lms = read_landmarks(root)
-    cache = cache_dir / f"webfaces_{split}_{len(names)}.npz" if cache_dir else None
-    images = load_images(root / "images", names, cache)
+    cache = cache_dir / cache_name(f"webfaces_{split}", len(names), colour) if cache_dir else None
+    images = load_images(root / "images", names, cache, colour)
     extra = json.loads(pseudo.read_text()) if pseudo else {}
     samples = []
     for name, im in zip(names, images, strict=True):
@@ -160,12 +177,12 @@ def add_pseudo(s: Sample, extra: dict, soft: bool = False) -> Sample:
                   np.concatenate([s.ignore, ig]))
 
 
-def load_negatives(folder: Path) -> list[np.ndarray]:
-    """All images under ``folder`` (recursively) as two-grey arrays."""
+def load_negatives(folder: Path, colour: bool = False) -> list[np.ndarray]:
+    """All images under ``folder`` (recursively) as ``stored`` arrays."""
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     out = []
     for p in paths:
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if bgr is not None:
-            out.append(two_greys(bgr))
+            out.append(stored(bgr, colour))
     return out

@@ -28,8 +28,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgecam.manifest import sha256_file
 from training.compress.export import ort_session
-from training.detector.model import ConvBnAct, DeployHead, create_model
-from training.detector.train import INPUT_MEAN, INPUT_STD, config_from_dict
+from training.detector.model import ConvBnAct, DeployHead
+from training.detector.train import INPUT_MEAN, INPUT_STD, build_model, config_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def load_trained(ckpt_path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The EMA model of a checkpoint (eval mode) and its saved config dict."""
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     cfg = config_from_dict(ck["config"])
-    model = create_model(cfg.model)
+    model = build_model(cfg)
     model.load_state_dict(ck["ema"])
     return model.eval(), ck["config"] | {"step": ck["step"]}
 
@@ -56,9 +56,16 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+def in_channels(model: nn.Module) -> int:
+    """1 for a grey model, 3 for a colour (BGR) one."""
+    conv = model.get_submodule("stem.0")
+    assert isinstance(conv, nn.Conv2d)
+    return conv.in_channels
+
+
 def export_fp32(model: nn.Module, path: Path, size: tuple[int, int] = (256, 320)) -> None:
     """Plain fp32 ONNX export with dynamic height and width, then ``onnx.checker``."""
-    x = torch.zeros(1, 1, *size)
+    x = torch.zeros(1, in_channels(model), *size)
     torch.onnx.export(DeployHead(model).eval(), (x,), str(path), input_names=["input"], output_names=["out"],
                       dynamic_axes={"input": {2: "h", 3: "w"}, "out": {2: "h4", 3: "w4"}}, opset_version=OPSET,
                       dynamo=False)
@@ -148,9 +155,10 @@ def ort_run(path: Path, x: np.ndarray, config: dict[str, str] | None = None) -> 
 def compare(model: nn.Module, fp32: Path, int8: Path, image: np.ndarray | None = None) -> dict[str, float]:
     """Max abs differences: PyTorch vs onnxruntime fp32, and fp32 vs int8 heatmap, on test inputs."""
     rng = np.random.default_rng(0)
-    xs = [rng.normal(0, 1, (1, 1, 96, 128)).astype(np.float32)]
-    if image is not None:
-        xs.append(((image.astype(np.float32) - INPUT_MEAN) / INPUT_STD)[None, None])
+    xs = [rng.normal(0, 1, (1, in_channels(model), 96, 128)).astype(np.float32)]
+    if image is not None:  # (H, W) grey or (H, W, 3) BGR, as the model reads
+        x = (image.astype(np.float32) - INPUT_MEAN) / INPUT_STD
+        xs.append(x[None, None] if x.ndim == 2 else x.transpose(2, 0, 1)[None])
     out = {"torch_vs_ort": 0.0, "fp32_vs_int8_heat": 0.0}
     for x in xs:
         with torch.no_grad():
@@ -168,7 +176,8 @@ def manifest(onnx_name: str, sha: str, train_cfg: dict[str, Any], fp32_bytes: in
         "name": "face_detector",
         "file": onnx_name,
         "sha256": sha,
-        "input": {"name": "input", "layout": "NCHW", "color": "gray", "size": None, "mean": [INPUT_MEAN],
+        "input": {"name": "input", "layout": "NCHW", "color": "bgr" if train_cfg.get("colour") else "gray",
+                  "size": None, "mean": [INPUT_MEAN],
                   "std": [INPUT_STD], "pad_multiple": 32, "max_side": 640, "coarse_side": 160},
         "output": {
             "name": "out", "kind": "centernet", "stride": 4,
@@ -225,7 +234,7 @@ def main() -> None:
     if args.image:
         import cv2
 
-        image = cv2.imread(args.image, cv2.IMREAD_GRAYSCALE)
+        image = cv2.imread(args.image, cv2.IMREAD_COLOR if cfg.get("colour") else cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise SystemExit(f"--image {args.image}: not a readable image")
         image = image[: image.shape[0] // 32 * 32, : image.shape[1] // 32 * 32]

@@ -1,4 +1,4 @@
-"""TinyFace: a grey-input, anchor-free (CenterNet-style) face detector small enough for 50 KB at int8.
+"""TinyFace: a grey-input (or BGR), anchor-free (CenterNet-style) face detector small enough for 50 KB at int8.
 
 Backbone: a stride-2 stem and MobileNet-style depthwise-separable stages at strides 4/8/16/32. Neck: a
 top-down path (1x1 laterals, nearest 2x upsampling, add, depthwise-separable smoothing) back to stride 4.
@@ -20,6 +20,7 @@ from torch.nn import functional as F
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 HEAD_CHANNELS = 13  # heat(1), box l,t,r,b (4), landmarks x,y * 4 (8)
+GREY_FROM_BGR = (0.114, 0.587, 0.299)  # cv2.COLOR_BGR2GRAY: the weights of B, G, R
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -66,7 +67,7 @@ class SepBlock(nn.Module):
 
 
 class TinyFace(nn.Module):
-    """Grey-input CenterNet-style face detector (see module docstring)."""
+    """Grey-input (``in_chans`` 1; 3: BGR) CenterNet-style face detector (see module docstring)."""
 
     def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 48, 64), depths: tuple[int, ...] = (1, 2, 2, 2),
                  neck: int = 24, in_chans: int = 1, big_kernel: int = 5):
@@ -115,13 +116,17 @@ def grow(model: nn.Module, small: dict[str, torch.Tensor]) -> None:
 
     Each tensor goes into the leading corner of the larger one; a conv's old output channels get zero weights
     from the channels the small model lacks, and an added residual block starts as the identity (its last
-    BatchNorm scale is zero). The new channels and blocks start from the usual random init and learn from there.
+    BatchNorm scale is zero); the new channels and blocks start from the usual random init and learn from there.
+    A grey stem going into a colour (BGR) one is spread over the channels by the weights of the BGR -> grey
+    conversion: on a colour image the model computes what the grey one did on its grey.
     """
     state = model.state_dict()
     for name, t in state.items():
         if name not in small:
             continue
         s = small[name]
+        if name == "stem.0.weight" and s.shape[1] == 1 and t.shape[1] == 3:
+            s = s * torch.tensor(GREY_FROM_BGR).view(1, 3, 1, 1)
         if s.ndim != t.ndim or any(a > b for a, b in zip(s.shape, t.shape, strict=True)):
             raise ValueError(f"{name}: {tuple(s.shape)} does not fit in {tuple(t.shape)}")
         if t.ndim == 4 and t.shape[1] > 1:  # a dense conv: old outputs ignore the new inputs

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from edgecam.crops import yaw
 from edgecam.detect import nms
-from training.detector.data import Sample, two_greys
+from training.detector.data import Sample, cache_name, stored
 from training.detector.pseudo_label import YUNET, yunet_detect
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
@@ -120,17 +120,18 @@ def label_folder(folder: Path, max_side: int = 800, roll: float = 30.0, face_sco
             "images": dict(zip(names, labels, strict=True))}
 
 
-def load_folder(labels_path: Path, cache_dir: Path | None, face_score: float = 0.0) -> list[Sample]:
+def load_folder(labels_path: Path, cache_dir: Path | None, face_score: float = 0.0, colour: bool = False
+                ) -> list[Sample]:
     """Training samples of a labelled folder: every face a pseudo face (half landmark weight); faces scored under
     ``face_score`` become ignore regions (a stricter cut than the labelling's: dog faces, gloves)."""
     spec = json.loads(labels_path.read_text())
     names = list(spec["images"])
-    cache = cache_dir / f"{labels_path.stem}_{len(names)}.npz" if cache_dir else None
+    cache = cache_dir / cache_name(labels_path.stem, len(names), colour) if cache_dir else None
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             images = [z[f"i{i}"] for i in range(len(names))]
     else:
-        images = [two_greys(read_stored(Path(spec["folder"]) / n, spec["max_side"])) for n in
+        images = [stored(read_stored(Path(spec["folder"]) / n, spec["max_side"]), colour) for n in
                   tqdm(names, desc=f"read {labels_path.stem}", mininterval=10)]
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ class TrainConfig:
     out: str = "runs/detector/main"  # checkpoints, log and loss curve go here
     cache: str = "runs/cache"  # decoded-image cache ("" = none)
     model: str = "tinyface_m"  # registered model name
+    colour: bool = False  # BGR input (3 channels) instead of grey; ``init`` from a grey model spreads its stem
     iters: int = 6000  # optimiser steps
     batch: int = 64  # crops per step
     lr: float = 4e-3  # peak AdamW learning rate
@@ -122,15 +123,20 @@ def detection_loss(out: torch.Tensor, t: dict[str, torch.Tensor], cfg: TrainConf
 
 def make_batch(samples: SamplePool, negatives: list[Sample], cfg: TrainConfig, rng: np.random.Generator,
                stride: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """A batch of augmented crops (B, 1, S, S) normalised as the manifest says, and their targets."""
+    """A batch of augmented crops (B, 1, S, S), or (B, 3, S, S) BGR for a colour model (its grey crops repeated),
+    normalised as the manifest says, and their targets."""
     views = [make_view(samples, negatives, cfg.aug, rng) for _ in range(cfg.batch)]
     targets = [encode_targets(v, stride, (cfg.pos_frac, cfg.pos_min, cfg.pos_max)) for v in views]
-    x = torch.from_numpy(np.stack([v.image for v in views])[:, None].astype(np.float32))
+    if cfg.colour:
+        imgs = np.stack([v.image if v.image.ndim == 3 else np.repeat(v.image[:, :, None], 3, 2) for v in views])
+        x = torch.from_numpy(imgs.astype(np.float32)).permute(0, 3, 1, 2)
+    else:
+        x = torch.from_numpy(np.stack([v.image for v in views])[:, None].astype(np.float32))
     t = {k: torch.from_numpy(np.stack([tt[k] for tt in targets])) for k in targets[0]}
     return normalise(x).contiguous(memory_format=torch.channels_last), t
 
 
-INPUT_MEAN, INPUT_STD = 128.0, 64.0  # grey input normalisation, written to model.json by export
+INPUT_MEAN, INPUT_STD = 128.0, 64.0  # input normalisation (every channel), written to model.json by export
 
 
 def int4_weights(model: torch.nn.Module) -> list[str]:
@@ -179,8 +185,13 @@ def recalibrate_bn(model: torch.nn.Module, pool: SamplePool, negatives: list[Sam
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    """Grey 0..255 -> the network's input range."""
+    """Pixels 0..255 -> the network's input range."""
     return (x - INPUT_MEAN) / INPUT_STD
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The run's model: ``cfg.model`` with one input channel, or three (BGR) when ``cfg.colour``."""
+    return create_model(cfg.model, in_chans=3 if cfg.colour else 1)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -225,13 +236,15 @@ def train(cfg: TrainConfig) -> Path:
     pseudo = Path(cfg.pseudo) if cfg.pseudo else None
     if pseudo is not None and not pseudo.is_file():
         write_pseudo_labels(pseudo, Path(cfg.data))
-    samples = load_samples(Path(cfg.data), "train", Path(cfg.cache) if cfg.cache else None, pseudo,
-                           limit=cfg.limit or None, soft_pseudo=cfg.soft_pseudo)
-    negatives = [empty_sample(im) for im in load_negatives(Path(cfg.negatives))] if cfg.negatives else []
+    cache = Path(cfg.cache) if cfg.cache else None
+    samples = load_samples(Path(cfg.data), "train", cache, pseudo, limit=cfg.limit or None,
+                           soft_pseudo=cfg.soft_pseudo, colour=cfg.colour)
+    negatives = ([empty_sample(im) for im in load_negatives(Path(cfg.negatives), cfg.colour)] if cfg.negatives
+                 else [])
     sources, weights = [samples], [cfg.webfaces_weight]
     for item in filter(None, (i.strip() for i in cfg.extra.split(","))):
         path, _, w = item.rpartition(":")
-        sources.append(load_folder(Path(path), Path(cfg.cache) if cfg.cache else None, cfg.extra_face_score))
+        sources.append(load_folder(Path(path), cache, cfg.extra_face_score, cfg.colour))
         weights.append(float(w))
     for src, weight in zip(sources, weights, strict=True):
         logger.info("source of weight %.2f: %d images, %d faces", weight, len(src), sum(len(s.boxes) for s in src))
@@ -240,8 +253,8 @@ def train(cfg: TrainConfig) -> Path:
 
     # 3. model, EMA copy, optimiser
     # ~1.7x faster on CPU; Module.to takes memory_format at runtime, its typed overloads omit it
-    model = create_model(cfg.model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    ema = create_model(cfg.model)
+    model = build_model(cfg).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    ema = build_model(cfg)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     decay: list[torch.nn.Parameter] = []
