@@ -219,6 +219,24 @@ def test_colour_views_are_grey_ir_or_bgr_as_configured() -> None:
         assert {make_view(pool, [], cfg, rng).image.ndim for _ in range(30)} == dims
 
 
+def test_glow_paints_blobs_beside_the_faces_never_on_them() -> None:
+    from training.detector.augment import View, glow
+
+    rng = np.random.default_rng(0)
+    face = np.array([[40.0, 40.0, 80.0, 90.0]], np.float32)
+    for image in (np.full((160, 160), 30, np.uint8), np.full((160, 160, 3), 30, np.uint8)):
+        changed = np.zeros((160, 160), bool)
+        for _ in range(20):
+            v = View(image.copy(), face, np.zeros((1, 4, 2), np.float32), np.ones(1, np.float32),
+                     np.ones(1, np.float32), np.zeros((0, 4), np.float32))
+            glow(v, rng)
+            assert v.image.shape == image.shape and v.image.dtype == np.uint8
+            diff = np.abs(v.image.astype(int) - image).reshape(160, 160, -1).max(2) > 10
+            assert not diff[40:90, 40:80].any()  # the face's pixels keep their values (within the faint halo)
+            changed |= diff
+        assert changed.mean() > 0.05
+
+
 def test_int4_export_computes_what_quantisation_aware_training_trained(tmp_path: Path) -> None:
     import onnx
 

@@ -44,6 +44,7 @@ class AugConfig:
     dark_p: float = 0.0  # share of views made dim (x0.1-0.4) with sensor noise: low light
     yaw_p: float = 0.0  # share of plain views with one side of a face squeezed (``squeeze``: a turned head)
     yaw_min: float = 0.55  # narrowest squeeze of that side
+    glow_p: float = 0.0  # share of views given 1-4 glowing blobs away from the faces (candle flames, lamps, bokeh)
 
 
 @dataclass
@@ -191,6 +192,34 @@ def mosaic(samples: list[Sample], size: int, cfg: AugConfig, rng: np.random.Gene
                        ("boxes", "landmarks", "lm_weight", "peak", "ignore")))
 
 
+def glow(v: View, rng: np.random.Generator) -> None:
+    """Paint 1-4 soft glowing blobs (a bright core in a warm halo, often upright like a flame, sometimes a pair
+    side by side like two eyes) on ``v.image`` in place, none over a face or ignore box: hard negatives."""
+    size = v.image.shape[0]
+    taken = np.concatenate([v.boxes, v.ignore]).reshape(-1, 4)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    add = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(1, 5))):
+        r = size * rng.uniform(0.015, 0.12)
+        c = rng.uniform(0, size, 2)
+        centres = [c, c + [rng.uniform(2.0, 4.0) * r, rng.normal(0, 0.3) * r]] if rng.random() < 0.4 else [c]
+        for cx, cy in centres:
+            ry = r * rng.uniform(1.0, 2.0)
+            m = 3 * ry  # the halo is under 1/15 of its peak there
+            lo, hi = taken[:, :2] - m, taken[:, 2:] + m
+            if ((lo[:, 0] < cx) & (cx < hi[:, 0]) & (lo[:, 1] < cy) & (cy < hi[:, 1])).any():
+                continue
+            d2 = ((xx - cx) / r) ** 2 + ((yy - cy) / ry) ** 2
+            add += rng.uniform(120, 255) * np.exp(-2.0 * d2) + rng.uniform(20, 80) * np.exp(-0.3 * d2)
+    if not add.any():
+        return
+    if v.image.ndim == 2:
+        v.image = np.clip(v.image + add, 0, 255).astype(np.uint8)
+        return
+    warm = np.array([rng.uniform(0.2, 0.8), rng.uniform(0.6, 0.95), 1.0], np.float32)  # B, G, R
+    v.image = np.clip(v.image + add[:, :, None] * warm, 0, 255).astype(np.uint8)
+
+
 def colour_view(bgr: np.ndarray, cfg: AugConfig, rng: np.random.Generator) -> np.ndarray:
     """A colour crop as a camera may give it: the IR-like grey (``ir_p``), plain grey (``grey_p``; both (S, S)),
     else BGR, on ``tint_p`` of them with each channel's gain and the saturation changed (lamp light, white
@@ -244,8 +273,8 @@ class SamplePool:
 
 
 def make_view(samples: SamplePool, negatives: list[Sample], cfg: AugConfig, rng: np.random.Generator) -> View:
-    """One training crop: a mosaic, a negative view or a plain view, then (colour) ``colour_view`` and
-    photometric noise."""
+    """One training crop: a mosaic, a negative view or a plain view, then (``glow_p``) glowing blobs,
+    (colour) ``colour_view`` and photometric noise."""
     if rng.random() < cfg.mosaic_p:
         pool = [negatives[rng.integers(len(negatives))] if negatives and rng.random() < cfg.negative_p
                 else samples.pick(rng) for _ in range(4)]
@@ -257,6 +286,8 @@ def make_view(samples: SamplePool, negatives: list[Sample], cfg: AugConfig, rng:
         v = random_view(samples.pick(rng), cfg.size, cfg, rng, cfg.face_max, bg)
         if rng.random() < cfg.yaw_p:
             v = squeeze(v, rng, cfg.yaw_min)
+    if rng.random() < cfg.glow_p:
+        glow(v, rng)
     if v.image.ndim == 3:
         v.image = colour_view(v.image, cfg, rng)
     v.image = photometric(v.image, cfg, rng)
