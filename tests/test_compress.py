@@ -134,6 +134,31 @@ def test_distill_reduces_the_loss_and_resumes(tmp_path: Path) -> None:
     assert isinstance(load_model(ckpt), FaceMobileNet)
 
 
+def test_label_loss_with_fixed_centres_skips_unlabelled_crops_and_separates_people(tmp_path: Path) -> None:
+    student = tiny("gdc")
+    torch.manual_seed(2)
+    data = torch.randn(48, 3, 32, 32)
+    labels = torch.arange(48) % 4 - 1  # a quarter of the crops have no identity (-1)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16), dim=1)
+
+    def batches(step: int) -> tuple:
+        i = torch.from_numpy(np.random.default_rng(step).choice(48, 16, replace=False))
+        return data[i], None, labels[i]
+
+    def margin(m: torch.nn.Module) -> dict[str, float]:  # cos to the own centre minus the best other one
+        m.eval()
+        with torch.no_grad():
+            cos = torch.nn.functional.normalize(m(data[labels >= 0]), dim=1) @ centres.T
+        own = torch.nn.functional.one_hot(labels[labels >= 0], 3).bool()
+        return {"margin": float((cos[own] - cos.masked_fill(own, -2).amax(1)).mean())}
+
+    start = margin(student)["margin"]
+    cfg = DistillConfig(steps=40, lr=5e-3, warmup=3, w_cos=0.0, w_rel=0.0, w_label=1.0, classes=3, eval_every=0)
+    model, hist = train(student, batches, cfg, tmp_path / "ckpt.pt", margin, centres=centres)
+    assert hist[-1]["margin"] > start + 0.3
+    assert torch.equal(torch.load(tmp_path / "ckpt.pt", weights_only=False)["head"]["weight"], centres)
+
+
 def test_losses() -> None:
     t = torch.randn(8, 16)
     assert float(relational_loss(t, 3 * t)) == pytest.approx(0.0, abs=1e-6)

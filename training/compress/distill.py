@@ -107,8 +107,8 @@ def loss_terms(model: nn.Module, head: CosFace | None, batch: Batch, cfg: Distil
         terms["cos"] = cfg.w_cos * embedding_loss(s, t)
     if t is not None and cfg.w_rel > 0:
         terms["rel"] = cfg.w_rel * relational_loss(s, t)
-    if head is not None and y is not None and cfg.w_label > 0:
-        terms["label"] = cfg.w_label * head(s, y)
+    if head is not None and y is not None and cfg.w_label > 0 and bool((y >= 0).any()):
+        terms["label"] = cfg.w_label * head(s[y >= 0], y[y >= 0])  # -1: a crop without an identity
     if t is not None and cfg.w_kl > 0:
         terms["kl"] = cfg.w_kl * kl_loss(s, t, cfg.temperature)
     if y is not None and cfg.w_ce > 0:
@@ -118,9 +118,14 @@ def loss_terms(model: nn.Module, head: CosFace | None, batch: Batch, cfg: Distil
 
 def train(model: nn.Module, batch_fn: Callable[[int], Batch], cfg: DistillConfig, ckpt: Path,
           evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-          meta: dict[str, Any] | None = None, device: str = "cpu") -> tuple[nn.Module, list[dict[str, float]]]:
+          meta: dict[str, Any] | None = None, device: str = "cpu",
+          centres: torch.Tensor | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
     """Train ``model`` for ``cfg.steps`` steps on ``device``; if ``ckpt`` exists, continue the model saved
     there instead.
+
+    ``centres`` (classes, D): fixed CosFace class weights (e.g. the teacher's mean embedding per identity),
+    so the label loss pulls a face towards its identity's centre and away from the others' in the teacher's
+    space; without them the head is learnt.
 
     ``batch_fn(step)`` returns the batch of that step (deterministic per step, so a resumed run sees the
     same data). Returns the trained model and the history (one dict per logged step and per evaluation).
@@ -131,7 +136,9 @@ def train(model: nn.Module, batch_fn: Callable[[int], Batch], cfg: DistillConfig
         model = state["model"]
     model = model.to(device)
     head = CosFace(_out_dim(model), cfg.classes, cfg.margin, cfg.scale).to(device) if cfg.classes else None
-    params = list(model.parameters()) + (list(head.parameters()) if head else [])
+    if head is not None and centres is not None:
+        head.weight = nn.Parameter(centres.to(device), requires_grad=False)
+    params = list(model.parameters()) + (list(head.parameters()) if head and centres is None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
     if state is not None:

@@ -126,10 +126,12 @@ class Batches:
         return x, t, y
 
 
-def identity_labels(data: CropSet, pool: np.ndarray) -> tuple[np.ndarray, int]:
-    """Class index per crop (people of the pool numbered 0..K-1; -1 elsewhere) and K."""
+def identity_labels(data: CropSet, pool: np.ndarray, min_crops: int = 1) -> tuple[np.ndarray, int]:
+    """Class index per crop (people with at least ``min_crops`` crops in the pool numbered 0..K-1; -1
+    elsewhere) and K."""
     persons = np.array(data.meta["person"])
-    names = sorted({str(persons[i]) for i in pool})
+    found, counts = np.unique(persons[pool], return_counts=True)
+    names = sorted(str(n) for n in found[counts >= min_crops])
     lab = np.full(len(persons), -1, np.int64)
     for k, n in enumerate(names):
         lab[persons == n] = k
@@ -278,6 +280,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=48, help="batch size (default: 48)")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     ap.add_argument("--w-rel", type=float, default=1.0, help="relational loss weight (default: 1.0)")
+    ap.add_argument("--w-label", type=float, default=0.0,
+                    help="kd/finetune: weight of a CosFace loss on the people with 2+ crops in the pool, its class "
+                         "weights fixed at the teacher's mean embedding of each (default: 0, none)")
     ap.add_argument("--eval-every", type=int, default=500, help="steps between calib evaluations (default: 500)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
@@ -305,11 +310,17 @@ def main(argv: list[str] | None = None) -> None:
         fused = teacher.sum(1)
         fused /= np.linalg.norm(fused, axis=1, keepdims=True)
         teacher = np.stack([fused, fused], 1)
-    labels, classes = None, 0
+    labels, classes, centres = None, 0, None
     if args.stage == "labels":
         pool = data.indices("lfw", "train")
         labels, classes = identity_labels(data, pool)
         teacher = None
+    elif args.w_label > 0:  # identity-aware distillation: the people with 2+ photos, centred on the teacher
+        labels, classes = identity_labels(data, pool, min_crops=2)
+        sums = np.zeros((classes, teacher.shape[2]), np.float32)
+        np.add.at(sums, labels[labels >= 0], teacher[labels >= 0].sum(1))
+        centres = torch.from_numpy(sums / np.linalg.norm(sums, axis=1, keepdims=True))
+        logger.info("label loss: %d people, %d crops", classes, int((labels[pool] >= 0).sum()))
 
     # 2. model: new, from the teacher, or pruned / factorised from a checkpoint (skipped when resuming)
     ckpt = args.out / "ckpt.pt"
@@ -317,14 +328,15 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. train (distillation, or labels only)
     cfg = DistillConfig(steps=args.steps, lr=args.lr, w_rel=args.w_rel if teacher is not None else 0.0,
-                        w_cos=1.0 if teacher is not None else 0.0, w_label=1.0 if classes else 0.0,
+                        w_cos=1.0 if teacher is not None else 0.0,
+                        w_label=(1.0 if args.stage == "labels" else args.w_label) if classes else 0.0,
                         classes=classes, eval_every=args.eval_every, warmup=min(100, args.steps // 10),
                         seed=args.seed)
     views = args.data / "views.npz" if args.p_view > 0 else None
     batches = Batches(data, teacher, pool, args.batch, labels, seed=cfg.seed, views=views, p_view=args.p_view,
                       device=args.device)
     meta = {"args": {k: str(v) for k, v in vars(args).items()}}
-    model, history = train(model, batches, cfg, ckpt, calib_eval(data), meta, device=args.device)
+    model, history = train(model, batches, cfg, ckpt, calib_eval(data), meta, device=args.device, centres=centres)
     model = model.cpu()
 
     # 4. record what the stage produced
