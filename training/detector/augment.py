@@ -193,8 +193,9 @@ def mosaic(samples: list[Sample], size: int, cfg: AugConfig, rng: np.random.Gene
 
 
 def glow(v: View, rng: np.random.Generator) -> None:
-    """Paint 1-4 soft glowing blobs (a bright core in a warm halo, often upright like a flame, sometimes a pair
-    side by side like two eyes) on ``v.image`` in place, none over a face or ignore box: hard negatives."""
+    """Paint 1-4 glowing blobs (a bright core, soft like a flame or a flat disc like out-of-focus light, in a warm
+    halo, often upright, sometimes a pair side by side like two eyes) on ``v.image`` in place, none over a face or
+    ignore box: hard negatives."""
     size = v.image.shape[0]
     taken = np.concatenate([v.boxes, v.ignore]).reshape(-1, 4)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -210,7 +211,11 @@ def glow(v: View, rng: np.random.Generator) -> None:
             if ((lo[:, 0] < cx) & (cx < hi[:, 0]) & (lo[:, 1] < cy) & (cy < hi[:, 1])).any():
                 continue
             d2 = ((xx - cx) / r) ** 2 + ((yy - cy) / ry) ** 2
-            add += rng.uniform(120, 255) * np.exp(-2.0 * d2) + rng.uniform(20, 80) * np.exp(-0.3 * d2)
+            if rng.random() < 0.5:  # a flame or a lamp
+                core = np.exp(-2.0 * d2)
+            else:  # out-of-focus light: a disc with a soft edge
+                core = 1 / (1 + np.exp(np.minimum((np.sqrt(d2) - 1) / rng.uniform(0.03, 0.2), 50)))
+            add += rng.uniform(120, 255) * core + rng.uniform(20, 80) * np.exp(-0.3 * d2)
     if not add.any():
         return
     if v.image.ndim == 2:
