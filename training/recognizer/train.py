@@ -132,10 +132,8 @@ def identity_labels(data: CropSet, pool: np.ndarray, min_crops: int = 1) -> tupl
     persons = np.array(data.meta["person"])
     found, counts = np.unique(persons[pool], return_counts=True)
     names = sorted(str(n) for n in found[counts >= min_crops])
-    lab = np.full(len(persons), -1, np.int64)
-    for k, n in enumerate(names):
-        lab[persons == n] = k
-    return lab, len(names)
+    index = {n: k for k, n in enumerate(names)}
+    return np.array([index.get(str(p), -1) for p in persons], np.int64), len(names)
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -281,8 +279,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     ap.add_argument("--w-rel", type=float, default=1.0, help="relational loss weight (default: 1.0)")
     ap.add_argument("--w-label", type=float, default=0.0,
-                    help="kd/finetune: weight of a CosFace loss on the people with 2+ crops in the pool, its class "
-                         "weights fixed at the teacher's mean embedding of each (default: 0, none)")
+                    help="distillation stages: weight of a CosFace loss on the people with 2+ crops in the pool, "
+                         "its class weights fixed at the teacher's mean embedding of each (default: 0, none)")
     ap.add_argument("--eval-every", type=int, default=500, help="steps between calib evaluations (default: 500)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
@@ -329,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     # 3. train (distillation, or labels only)
     cfg = DistillConfig(steps=args.steps, lr=args.lr, w_rel=args.w_rel if teacher is not None else 0.0,
                         w_cos=1.0 if teacher is not None else 0.0,
-                        w_label=(1.0 if args.stage == "labels" else args.w_label) if classes else 0.0,
+                        w_label=1.0 if args.stage == "labels" else args.w_label,
                         classes=classes, eval_every=args.eval_every, warmup=min(100, args.steps // 10),
                         seed=args.seed)
     views = args.data / "views.npz" if args.p_view > 0 else None
