@@ -13,6 +13,10 @@ mostly inside a larger, higher-scored box (a nose or an eye of a big face) is dr
 
 Low light: with ``input.dark_below`` set, a frame whose mean grey is under it is brightened first (a gamma
 that brings its mean grey to about 100), so faces in a dim room are not left near black.
+
+Local contrast: with ``input.clahe`` set (a clip limit, e.g. 2), each pass equalises its resized frame's
+brightness by OpenCV's CLAHE on tiles of about ``CLAHE_TILE`` pixels (on the luma of a colour model's input), so
+a face in a dark corner of a lit frame, or lit from one side, keeps its contrast; training applies the same.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 _OUTPUT_KEYS = ("stride", "score_threshold", "nms_threshold", "peak_kernel", "top_k")
 _INPUT_KEYS = ("color", "mean", "std", "pad_multiple", "max_side")
+CLAHE_TILE = 64  # pixels per CLAHE tile side (``equalize``)
 HEAD_CHANNELS = 13  # heat, box l,t,r,b, 4 landmarks x,y (see ``decode``)
 
 
@@ -120,6 +125,8 @@ class FaceDetector:
         self.nms_threshold = float(self.output["nms_threshold"] if nms_threshold is None else nms_threshold)
         self.max_side = int(self.input["max_side"] if max_side is None else max_side)
         self.coarse_side = int(self.input.get("coarse_side", 0) if coarse_side is None else coarse_side)
+        clip = float(self.input.get("clahe", 0))
+        self.clahe = cv2.createCLAHE(clipLimit=clip) if clip > 0 else None
         self.session: Any = session(self.manifest, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
         self._warm_up()
@@ -149,6 +156,8 @@ class FaceDetector:
         h, w = img.shape[:2]
         if scale < 1.0:
             img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        if self.clahe is not None:
+            img = equalize(img, self.clahe, self.input["color"])
         x = _pad(to_tensor([img], self.input), int(self.input["pad_multiple"]))
         out = self.session.run(None, {self.input_name: x})[0][0]
         boxes, lms = decode(out, self.output, self.score_threshold)
@@ -206,6 +215,18 @@ def _lift_dark(img: np.ndarray, below: float, target: float = 100.0) -> np.ndarr
         return img
     gamma = np.log(target / 255) / np.log(mean / 255)
     return cv2.LUT(img, (255 * (np.arange(256) / 255) ** gamma).astype(np.uint8))
+
+
+def equalize(img: np.ndarray, clahe: Any, color: str = "gray") -> np.ndarray:
+    """``img`` after CLAHE (``cv2.createCLAHE``) on tiles of about ``CLAHE_TILE`` pixels: the grey image for a grey
+    model, else the luma of a BGR image."""
+    h, w = img.shape[:2]
+    clahe.setTilesGridSize((max(1, round(w / CLAHE_TILE)), max(1, round(h / CLAHE_TILE))))
+    if img.ndim == 2 or color == "gray":
+        return clahe.apply(img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+    ycc = cv2.cvtColor(img, cv2.COLOR_BGR2YCrCb)
+    ycc[:, :, 0] = clahe.apply(ycc[:, :, 0])
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)
 
 
 def _pad(x: np.ndarray, multiple: int) -> np.ndarray:

@@ -140,6 +140,27 @@ def test_dark_frames_are_lifted_bright_ones_untouched() -> None:
     assert _lift_dark(bright, 50) is bright
 
 
+def test_clahe_restores_a_dim_face_beside_a_lit_one_and_is_off_unless_the_manifest_sets_it(tmp_path: Path) -> None:
+    from edgecam.detect import equalize
+
+    face = grace_hopper()
+    frame = np.hstack([face, (face.astype(np.float32) * 0.15).astype(np.uint8)])  # a lit copy beside a dim one
+    grey = equalize(frame, cv2.createCLAHE(clipLimit=2.0))
+    assert grey.ndim == 2 and grey[:, face.shape[1]:].std() > 1.8 * cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[
+        :, face.shape[1]:].std()
+    bgr = equalize(frame, cv2.createCLAHE(clipLimit=2.0), "bgr")  # a colour model: the luma, colours kept
+    assert bgr.shape == frame.shape and abs(float(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(float).mean()
+                                                 - grey.mean())) < 3
+    assert FaceDetector("face_detector").clahe is None  # the shipped manifest does not set it
+    folder = tmp_path / "model"
+    shutil.copytree(MODELS_DIR / "face_detector", folder)
+    spec = json.loads((folder / "model.json").read_text())
+    spec["input"]["clahe"] = 2.0
+    (folder / "model.json").write_text(json.dumps(spec))
+    boxes, _ = FaceDetector(folder)(frame)
+    assert len(boxes) >= 1 and boxes[0, 4] > 0.5  # the runtime equalises each pass and still finds the face
+
+
 @pytest.mark.parametrize("fx", [1.6, 2.4])
 def test_coarse_pass_finds_a_face_filling_the_frame(fx: float) -> None:
     img = cv2.resize(grace_hopper(), None, fx=fx, fy=fx, interpolation=cv2.INTER_LINEAR)  # face ~400-600 px

@@ -219,6 +219,25 @@ def test_colour_views_are_grey_ir_or_bgr_as_configured() -> None:
         assert {make_view(pool, [], cfg, rng).image.ndim for _ in range(30)} == dims
 
 
+def test_clahe_views_are_equalised_as_the_runtime_does_and_the_export_tells_the_runtime() -> None:
+    import cv2
+
+    from edgecam.detect import equalize
+    from training.detector import export
+    from training.detector.augment import AugConfig, SamplePool, make_view
+    from training.detector.data import empty_sample, stored
+
+    dim = (np.random.default_rng(1).integers(0, 256, (120, 160, 3)) * 0.1).astype(np.uint8)
+    for colour in (False, True):
+        pool = SamplePool([[empty_sample(stored(dim, colour=colour))]], [1.0])
+        for seed in range(4):  # the same draws with and without: the views differ by the equalisation alone
+            plain = make_view(pool, [], AugConfig(size=64), np.random.default_rng(seed)).image
+            view = make_view(pool, [], AugConfig(size=64, clahe=2.0), np.random.default_rng(seed)).image
+            np.testing.assert_array_equal(view, equalize(plain, cv2.createCLAHE(clipLimit=2.0), "bgr"))
+    assert export.manifest("f.onnx", "", {"aug": {"clahe": 2.0}}, 0, 0)["input"]["clahe"] == 2.0
+    assert "clahe" not in export.manifest("f.onnx", "", {"aug": {}}, 0, 0)["input"]
+
+
 def test_glow_paints_blobs_beside_the_faces_never_on_them() -> None:
     from training.detector.augment import View, glow
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgecam.detect import equalize
 from training.detector.data import Sample, ir_grey
 
 FLIP_ORDER = [1, 0, 2, 3]  # after a mirror the image-left eye is the old image-right eye
@@ -45,6 +46,7 @@ class AugConfig:
     yaw_p: float = 0.0  # share of plain views with one side of a face squeezed (``squeeze``: a turned head)
     yaw_min: float = 0.55  # narrowest squeeze of that side
     glow_p: float = 0.0  # share of views given 1-4 glowing blobs away from the faces (candle flames, lamps, bokeh)
+    clahe: float = 0.0  # CLAHE clip limit applied to every view last, as the runtime does with ``input.clahe`` (0: off)
 
 
 @dataclass
@@ -279,7 +281,7 @@ class SamplePool:
 
 def make_view(samples: SamplePool, negatives: list[Sample], cfg: AugConfig, rng: np.random.Generator) -> View:
     """One training crop: a mosaic, a negative view or a plain view, then (``glow_p``) glowing blobs,
-    (colour) ``colour_view`` and photometric noise."""
+    (colour) ``colour_view``, photometric noise and (``clahe``) the runtime's local contrast equalisation."""
     if rng.random() < cfg.mosaic_p:
         pool = [negatives[rng.integers(len(negatives))] if negatives and rng.random() < cfg.negative_p
                 else samples.pick(rng) for _ in range(4)]
@@ -296,6 +298,8 @@ def make_view(samples: SamplePool, negatives: list[Sample], cfg: AugConfig, rng:
     if v.image.ndim == 3:
         v.image = colour_view(v.image, cfg, rng)
     v.image = photometric(v.image, cfg, rng)
+    if cfg.clahe > 0:
+        v.image = equalize(v.image, cv2.createCLAHE(clipLimit=cfg.clahe), "bgr")
     return v
 
 

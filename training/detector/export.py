@@ -178,7 +178,8 @@ def manifest(onnx_name: str, sha: str, train_cfg: dict[str, Any], fp32_bytes: in
         "sha256": sha,
         "input": {"name": "input", "layout": "NCHW", "color": "bgr" if train_cfg.get("colour") else "gray",
                   "size": None, "mean": [INPUT_MEAN],
-                  "std": [INPUT_STD], "pad_multiple": 32, "max_side": 640, "coarse_side": 160},
+                  "std": [INPUT_STD], "pad_multiple": 32, "max_side": 640, "coarse_side": 160,
+                  **({"clahe": clahe} if (clahe := (train_cfg.get("aug") or {}).get("clahe", 0)) else {})},
         "output": {
             "name": "out", "kind": "centernet", "stride": 4,
             "channels": "0 heat (sigmoid score); 1-4 box l,t,r,b as log(distance/stride) from the cell centre; "
