@@ -238,6 +238,32 @@ def test_clahe_views_are_equalised_as_the_runtime_does_and_the_export_tells_the_
     assert "clahe" not in export.manifest("f.onnx", "", {"aug": {}}, 0, 0)["input"]
 
 
+def test_soup_computes_start_tuned_or_the_average_of_their_folded_weights() -> None:
+    import copy
+
+    import torch
+
+    from training.detector.export import fold_bn
+    from training.detector.model import create_model
+    from training.detector.soup import soup
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 64, 64)
+    start, tuned = create_model("tinyface_xs"), create_model("tinyface_xs")
+    for m in (start, tuned):  # BatchNorm statistics of their own
+        m.train()(x * (2 if m is tuned else 1) + 0.5)
+        m.eval()
+    with torch.no_grad():
+        for alpha, ref in ((0.0, start), (1.0, tuned)):
+            torch.testing.assert_close(soup(start, tuned, alpha, x)(x), ref(x), atol=1e-4, rtol=1e-4)
+        half = fold_bn(copy.deepcopy(soup(start, tuned, 0.5, x)))
+        fs, ft = fold_bn(copy.deepcopy(start)), fold_bn(copy.deepcopy(tuned))
+        for (name, w), w0, w1 in zip(half.state_dict().items(), fs.state_dict().values(), ft.state_dict().values(),
+                                     strict=True):
+            if w.is_floating_point() and "running" not in name:
+                torch.testing.assert_close(w, (w0 + w1) / 2, atol=1e-5, rtol=1e-4)
+
+
 def test_glow_paints_blobs_beside_the_faces_never_on_them() -> None:
     from training.detector.augment import View, glow
 

@@ -44,7 +44,7 @@ def load_trained(ckpt_path: Path) -> tuple[nn.Module, dict[str, Any]]:
     cfg = config_from_dict(ck["config"])
     model = build_model(cfg)
     model.load_state_dict(ck["ema"])
-    return model.eval(), ck["config"] | {"step": ck["step"]}
+    return model.eval(), ck["config"] | {"step": ck["step"]} | ({"soup": ck["soup"]} if "soup" in ck else {})
 
 
 def fold_bn(model: nn.Module) -> nn.Module:
@@ -196,6 +196,7 @@ def manifest(onnx_name: str, sha: str, train_cfg: dict[str, Any], fp32_bytes: in
         "fp32_bytes": fp32_bytes,
         "training": {**{k: train_cfg.get(k) for k in ("model", "iters", "batch", "lr", "seed", "pseudo", "step",
                                                        "webfaces_weight", "extra")},
+                     **({"soup": train_cfg["soup"]} if "soup" in train_cfg else {}),
                      "config": train_cfg.get("run_config", "")},
         "training_data": "Caltech 10k WebFaces train split (6,383 images, landmarks -> boxes) + YuNet pseudo-labels "
                          "for unlabelled faces + 91 face-free negatives (SUN/Hays, scikit-image)"

@@ -1,0 +1,78 @@
+"""Average a fine-tuned detector with the model it started from, weight by weight (WiSE-FT's weight-space
+ensemble): each conv's weight and bias with its BatchNorm folded in, so the average is of what the two models
+compute, then written as a checkpoint ``export`` reads (BatchNorms given back by ``unfold_bn``).
+
+A fine-tune that learns a new input (wild16: frames after local contrast equalisation) forgets some of what its
+start knew; halfway between the two keeps both (the detector card, "Local contrast").
+
+    python -m training.detector.soup --start runs/detector/wild13c.onnx --tuned runs/detector/wild16/ckpt.pt \\
+        --alpha 0.5 --out runs/detector/wild16s/ckpt.pt
+    python -m training.detector.export runs/detector/wild16s/ckpt.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.compress.export import unfold_bn
+from training.detector.export import fold_bn, in_channels
+from training.detector.model import ConvBnAct
+from training.detector.train import build_model, config_from_dict, init_weights
+
+
+@torch.no_grad()
+def soup(start: nn.Module, tuned: nn.Module, alpha: float, x: torch.Tensor) -> nn.Module:
+    """``tuned``'s architecture computing, conv by conv, ``(1 - alpha) * start + alpha * tuned`` of the folded
+    weights and biases; ``x`` (a batch) sets the BatchNorms' statistics (``unfold_bn``). Eval mode."""
+    folded = [dict(fold_bn(copy.deepcopy(m).eval()).named_modules()) for m in (start, tuned)]
+    out = copy.deepcopy(tuned)
+    biases = {}
+    for name, mod in out.named_modules():
+        inner = isinstance(mod, nn.Conv2d) and name.endswith(".0") and isinstance(
+            out.get_submodule(name.rsplit(".", 1)[0]), ConvBnAct)
+        if isinstance(mod, ConvBnAct):
+            conv, key = mod[0], f"{name}.0"
+        elif isinstance(mod, nn.Conv2d) and not inner:
+            conv, key = mod, name
+        else:
+            continue
+        a, b = folded[0][key], folded[1][key]
+        conv.weight.copy_((1 - alpha) * a.weight + alpha * b.weight)
+        bias = (1 - alpha) * a.bias + alpha * b.bias
+        if isinstance(mod, ConvBnAct):
+            biases[mod[1]] = bias.numpy()
+        else:
+            conv.bias.copy_(bias)
+    unfold_bn(out, biases, x)
+    return out.eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--start", type=Path, required=True, help="the model the fine-tune started from (ckpt.pt or ONNX)")
+    ap.add_argument("--tuned", type=Path, required=True, help="the fine-tune's checkpoint (its EMA weights)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="share of the fine-tune (default: %(default)s)")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="checkpoint to write (the fine-tune's config; export records the recipe)")
+    args = ap.parse_args()
+    ck = torch.load(args.tuned, map_location="cpu", weights_only=False)
+    cfg = config_from_dict(ck["config"])
+    tuned, start = build_model(cfg), build_model(cfg)
+    tuned.load_state_dict(ck["ema"])
+    x = torch.randn(16, in_channels(tuned), cfg.aug.size, cfg.aug.size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        init_weights(start, args.start, x)
+    mixed = soup(start, tuned, args.alpha, x)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    recipe = {"start": str(args.start), "tuned": str(args.tuned), "alpha": args.alpha}
+    torch.save({**ck, "ema": mixed.state_dict(), "model": mixed.state_dict(), "opt": None, "soup": recipe}, args.out)
+    print(f"{args.out}: {1 - args.alpha:g} x {args.start} + {args.alpha:g} x {args.tuned}")
+
+
+if __name__ == "__main__":
+    main()
