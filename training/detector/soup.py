@@ -16,6 +16,7 @@ import argparse
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,22 +32,20 @@ def soup(start: nn.Module, tuned: nn.Module, alpha: float, x: torch.Tensor) -> n
     weights and biases; ``x`` (a batch) sets the BatchNorms' statistics (``unfold_bn``). Eval mode."""
     folded = [dict(fold_bn(copy.deepcopy(m).eval()).named_modules()) for m in (start, tuned)]
     out = copy.deepcopy(tuned)
-    biases = {}
-    for name, mod in out.named_modules():
-        inner = isinstance(mod, nn.Conv2d) and name.endswith(".0") and isinstance(
-            out.get_submodule(name.rsplit(".", 1)[0]), ConvBnAct)
-        if isinstance(mod, ConvBnAct):
-            conv, key = mod[0], f"{name}.0"
-        elif isinstance(mod, nn.Conv2d) and not inner:
-            conv, key = mod, name
-        else:
+    biases: dict[nn.modules.batchnorm._BatchNorm, np.ndarray] = {}
+    for name, conv in out.named_modules():
+        if not isinstance(conv, nn.Conv2d):
             continue
-        a, b = folded[0][key], folded[1][key]
+        parent = out.get_submodule(name.rpartition(".")[0])
+        bn = parent[1] if isinstance(parent, ConvBnAct) and parent[0] is conv else None
+        a, b = folded[0][name], folded[1][name]  # the folded copies keep the conv's name
+        assert isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d) and a.bias is not None and b.bias is not None
         conv.weight.copy_((1 - alpha) * a.weight + alpha * b.weight)
         bias = (1 - alpha) * a.bias + alpha * b.bias
-        if isinstance(mod, ConvBnAct):
-            biases[mod[1]] = bias.numpy()
+        if isinstance(bn, nn.BatchNorm2d):
+            biases[bn] = bias.numpy()
         else:
+            assert conv.bias is not None
             conv.bias.copy_(bias)
     unfold_bn(out, biases, x)
     return out.eval()
