@@ -344,3 +344,25 @@ def test_teacher_reuses_an_earlier_folder_for_the_same_photos_only(tmp_path: Pat
     (new / "teacher.npy").unlink()
     with pytest.raises(ValueError, match="not of this folder's clean crops"):
         build_teacher(new, threads=1, reuse=old)
+
+
+def test_online_teacher_batches_mix_student_and_teacher_crops_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the teacher run online, a row's target is the teacher's embedding of the same mirror and the same
+    mix of clean crops that the student's row is made of (augmentation aside)."""
+    import training.recognizer.train as tr
+    from training.recognizer.data import CropSet
+
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
+    data = CropSet(clean.copy(), {"source": ["webfaces"] * 40, "person": [""] * 40, "split": ["train"] * 40})
+    monkeypatch.setattr(tr, "augment", lambda rgb, rng, device="cpu": torch.from_numpy(rgb.copy()))
+
+    def embed(rgb: np.ndarray) -> np.ndarray:  # left and right halves' means: sees mirrors and mixes
+        return np.stack([rgb[:, :, :56].mean((1, 2, 3)), rgb[:, :, 56:].mean((1, 2, 3))], 1).astype(np.float32)
+
+    for mix in (0.0, 1.0):
+        batches = tr.Batches(data, None, np.arange(40), 16, None, seed=0, online=embed, clean=clean, mix=mix)
+        x, t, _ = batches(3)
+        assert t is not None and np.allclose(t.numpy(), embed(x.numpy()))
+        whole = {c.tobytes() for c in np.concatenate([clean, clean[:, :, ::-1]])}
+        assert sum(r.tobytes() in whole for r in x.numpy()) == (16 if mix == 0 else 0)

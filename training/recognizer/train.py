@@ -95,14 +95,23 @@ def augment(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0, de
 
 
 class Batches:
-    """Deterministic per-step batches: crops (+ mirror with the mirrored teacher target), labels."""
+    """Deterministic per-step batches: crops (+ mirror with the mirrored teacher target), labels.
+
+    ``online`` (a teacher embedding (B, 112, 112, 3) uint8 RGB crops) replaces the cached targets by the
+    teacher's embedding of the clean crops, computed each step; then ``mix`` of a batch's rows become mixups of
+    two faces (weight uniform in 0..1; Beyer et al. 2022, "a good teacher is patient and consistent"): the
+    student sees the mix of the two runtime crops, the teacher embeds the same mix of the two clean crops, so
+    the student is taught the teacher's function between faces too, not only at the 41 K training faces.
+    """
 
     def __init__(self, data: CropSet, teacher: np.ndarray | None, pool: np.ndarray, batch: int,
                  labels: np.ndarray | None, seed: int, views: Path | None = None, p_view: float = 0.0,
-                 device: str = "cpu"):
+                 device: str = "cpu", online: Callable[[np.ndarray], np.ndarray] | None = None,
+                 clean: np.ndarray | None = None, mix: float = 0.0):
         self.crops = np.asarray(data.crops)  # load into memory (about 0.6 GB)
         self.teacher, self.pool, self.batch, self.labels, self.seed = teacher, pool, batch, labels, seed
         self.views, self.view_of, self.p_view, self.device = None, {}, p_view, device
+        self.online, self.clean, self.mix = online, clean, mix
         if views is not None and p_view > 0:  # detector-aligned views of the same faces, clean targets
             z = np.load(views)
             self.views, self.teacher = z["crops"], z["targets"]
@@ -120,8 +129,19 @@ class Batches:
                 if k is not None:
                     rgb[j] = self.views[k]
         rgb[flip] = rgb[flip, :, ::-1]
+        t: torch.Tensor | None = None
+        if self.online is not None and self.clean is not None:
+            clean = self.clean[idx]
+            clean[flip] = clean[flip, :, ::-1]
+            rows = np.flatnonzero(rng.random(self.batch) < self.mix)
+            other = (rows + rng.integers(1, self.batch, len(rows))) % self.batch  # another row
+            lam = rng.uniform(0, 1, (len(rows), 1, 1, 1))
+            for a in (rgb, clean):
+                a[rows] = np.rint(lam * a[rows] + (1 - lam) * a[other]).astype(np.uint8)
+            t = torch.from_numpy(self.online(clean))
+        elif self.teacher is not None:
+            t = torch.from_numpy(self.teacher[idx, flip.astype(int)])
         x = augment(rgb, rng, device=self.device)
-        t = torch.from_numpy(self.teacher[idx, flip.astype(int)]) if self.teacher is not None else None
         y = torch.from_numpy(self.labels[idx]) if self.labels is not None else None
         return x, t, y
 
@@ -134,6 +154,20 @@ def identity_labels(data: CropSet, pool: np.ndarray, min_crops: int = 1) -> tupl
     names = sorted(str(n) for n in found[counts >= min_crops])
     index = {n: k for k, n in enumerate(names)}
     return np.array([index.get(str(p), -1) for p in persons], np.int64), len(names)
+
+
+def online_teacher(out: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """SFace in fp32 (exported once into ``out``/teacher): (B, 112, 112, 3) uint8 RGB -> (B, 128) embeddings."""
+    import onnxruntime as ort
+
+    from edgecam.manifest import session_options
+    from training.recognizer.calibrate import teacher_folder
+    from training.recognizer.teacher import SFACE_PATH
+
+    out.mkdir(parents=True, exist_ok=True)
+    sess = ort.InferenceSession(str(teacher_folder(out, SFACE_PATH) / "sface_fp32.onnx"), session_options(threads),
+                                providers=["CPUExecutionProvider"])
+    return lambda rgb: sess.run(None, {"input": normalize_input(rgb).numpy()})[0].astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -290,12 +324,23 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--fused-target", action="store_true",
                     help="distil towards the teacher's mirror-fused embedding (the mean of a face and its mirror, "
                          "normalised) for both views: a target free of the teacher's left-right noise")
+    ap.add_argument("--teacher-online", action="store_true",
+                    help="run the teacher (SFace re-exported in fp32) on each batch's clean crops instead of "
+                         "reading teacher.npy (needs <data>/clean.npy, a 'data pairs' folder)")
+    ap.add_argument("--mix", type=float, default=0.0,
+                    help="with --teacher-online: share of each batch replaced by mixups of two faces, the teacher "
+                         "embedding the same mix of their clean crops (default: 0)")
     ap.add_argument("--seed", type=int, default=0, help="torch init and batch sampling (default: 0)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.mix > 0 and not args.teacher_online:
+        ap.error("--mix needs --teacher-online (the teacher embeds the mixed clean crops)")
+    if args.teacher_online and (args.fused_target or args.w_label > 0 or args.stage == "labels"):
+        ap.error("--teacher-online goes with plain distillation only (not --fused-target, --w-label, labels)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -303,7 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     # 1. data: crops, cached teacher embeddings, the training pool
     data = CropSet.load(args.data)
     pool = data.indices(split="train")  # WebFaces, the LFW train people (and CelebA, UTKFace in ``pairs``)
-    teacher = np.load(args.data / "teacher.npy")  # (N, 2, D): each face and its mirror
+    online = online_teacher(args.out, args.threads) if args.teacher_online else None
+    # (N, 2, D): each face and its mirror (a stand-in of the same shape when the teacher runs online)
+    teacher = np.load(args.data / "teacher.npy") if online is None else np.zeros((len(data.crops), 2, 1), np.float32)
     if args.fused_target:
         fused = teacher.sum(1)
         fused /= np.linalg.norm(fused, axis=1, keepdims=True)
@@ -332,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
                         seed=args.seed)
     views = args.data / "views.npz" if args.p_view > 0 else None
     batches = Batches(data, teacher, pool, args.batch, labels, seed=cfg.seed, views=views, p_view=args.p_view,
-                      device=args.device)
+                      device=args.device, online=online, mix=args.mix,
+                      clean=np.load(args.data / "clean.npy", mmap_mode="r") if online is not None else None)
     meta = {"args": {k: str(v) for k, v in vars(args).items()}}
     model, history = train(model, batches, cfg, ckpt, calib_eval(data), meta, device=args.device, centres=centres)
     model = model.cpu()
