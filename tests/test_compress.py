@@ -366,3 +366,11 @@ def test_online_teacher_batches_mix_student_and_teacher_crops_alike(monkeypatch:
         assert t is not None and np.allclose(t.numpy(), embed(x.numpy()))
         whole = {c.tobytes() for c in np.concatenate([clean, clean[:, :, ::-1]])}
         assert sum(r.tobytes() in whole for r in x.numpy()) == (16 if mix == 0 else 0)
+
+
+def test_evaluate_cli_names_a_folder_that_is_not_a_model_exit_2(tmp_path: Path) -> None:
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "training.recognizer.evaluate", "--data", str(tmp_path),
+                        "--model", str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "nope: no model.json" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr

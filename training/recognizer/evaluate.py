@@ -181,17 +181,35 @@ def evaluate(embed: Embedder, crops: CropSet, split: str = "eval") -> EvalResult
 
 
 def main() -> None:
+    """Score the teacher, or model folders (``model.json`` + its ONNX file) side by side, on one split's crops:
+
+        python -m training.recognizer.evaluate --data runs/recognizer/data_w13c \
+            --model edgecam/models/face_recognizer --model /tmp/rec_online_mix
+    """
     import argparse
 
+    from training.recognizer.ship import onnx_embedder
     from training.recognizer.teacher import OnnxTeacher
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("runs/recognizer/data"),
                     help="crop folder (default: %(default)s)")
     ap.add_argument("--split", default="eval", help="LFW split (default: eval)")
+    ap.add_argument("--model", type=Path, action="append", default=[],
+                    help="a model folder to score (repeatable; default: the SFace teacher)")
     args = ap.parse_args()
+    for folder in args.model:
+        if not (folder / "model.json").is_file():
+            ap.error(f"{folder}: no model.json (a model folder is wanted)")
+    if not (args.data / "crops.npy").is_file():
+        ap.error(f"{args.data}: no crops.npy (python -m training.recognizer.data crops --out {args.data} makes it)")
     crops = CropSet.load(args.data)
-    print(json.dumps({"teacher": evaluate(OnnxTeacher(), crops, args.split).to_dict()}))
+    if not args.model:
+        print(json.dumps({"teacher": evaluate(OnnxTeacher(), crops, args.split).to_dict()}))
+    for folder in args.model:
+        spec = json.loads((folder / "model.json").read_text())
+        embed = onnx_embedder(folder / spec["file"], spec["input"])
+        print(json.dumps({str(folder): evaluate(embed, crops, args.split).to_dict()}), flush=True)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
