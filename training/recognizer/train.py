@@ -97,7 +97,7 @@ def augment(rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0, de
 class Batches:
     """Deterministic per-step batches: crops (+ mirror with the mirrored teacher target), labels.
 
-    ``online`` (a teacher embedding (B, 112, 112, 3) uint8 RGB crops) replaces the cached targets by the
+    ``online`` (the teacher: (B, 112, 112, 3) uint8 RGB crops -> (B, D) embeddings) replaces the cached targets by the
     teacher's embedding of the clean crops, computed each step; then ``mix`` of a batch's rows become mixups of
     two faces (weight uniform in 0..1; Beyer et al. 2022, "a good teacher is patient and consistent"): the
     student sees the mix of the two runtime crops, the teacher embeds the same mix of the two clean crops, so
@@ -349,9 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     data = CropSet.load(args.data)
     pool = data.indices(split="train")  # WebFaces, the LFW train people (and CelebA, UTKFace in ``pairs``)
     online = online_teacher(args.out, args.threads) if args.teacher_online else None
-    # (N, 2, D): each face and its mirror (a stand-in of the same shape when the teacher runs online)
-    teacher = np.load(args.data / "teacher.npy") if online is None else np.zeros((len(data.crops), 2, 1), np.float32)
-    if args.fused_target:
+    teacher = np.load(args.data / "teacher.npy") if online is None else None  # (N, 2, D): each face and its mirror
+    if args.fused_target and teacher is not None:
         fused = teacher.sum(1)
         fused /= np.linalg.norm(fused, axis=1, keepdims=True)
         teacher = np.stack([fused, fused], 1)
@@ -360,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         pool = data.indices("lfw", "train")
         labels, classes = identity_labels(data, pool)
         teacher = None
-    elif args.w_label > 0:  # identity-aware distillation: the people with 2+ photos, centred on the teacher
+    elif args.w_label > 0 and teacher is not None:  # identity-aware distillation: people with 2+ photos
         labels, classes = identity_labels(data, pool, min_crops=2)
         sums = np.zeros((classes, teacher.shape[2]), np.float32)
         np.add.at(sums, labels[labels >= 0], teacher[labels >= 0].sum(1))
@@ -372,8 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     model = build(args, data) if not ckpt.exists() else load_model(ckpt)
 
     # 3. train (distillation, or labels only)
-    cfg = DistillConfig(steps=args.steps, lr=args.lr, w_rel=args.w_rel if teacher is not None else 0.0,
-                        w_cos=1.0 if teacher is not None else 0.0,
+    distil = teacher is not None or online is not None
+    cfg = DistillConfig(steps=args.steps, lr=args.lr, w_rel=args.w_rel if distil else 0.0, w_cos=1.0 if distil else 0.0,
                         w_label=1.0 if args.stage == "labels" else args.w_label,
                         classes=classes, eval_every=args.eval_every, warmup=min(100, args.steps // 10),
                         seed=args.seed)
